@@ -1,0 +1,121 @@
+"""Resolve a model directory and load the Dual-AR weights strictly from the real on-disk format.
+
+Layout (the published `fishaudio/s2-pro`): config.json, model-0000N-of-0000M.safetensors plus
+model.safetensors.index.json (or one model.safetensors), codec.pth, and the tokenizer files. An optional
+`codec_config.json` (written only by tiny checkpoints) overrides the codec's fixed real dimensions.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from engine.config import ModelConfig
+from engine.models.dual_ar import DualAR
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "fishaudio/s2-pro"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+CODEC_FILE = "codec.pth"
+CODEC_CONFIG_FILE = "codec_config.json"
+REQUIRED_FILES = ("config.json", CODEC_FILE, "tokenizer.json")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, incomplete or does not match the expected layout."""
+
+
+def resolve_model_path(model_path: str | Path) -> Path:
+    """A local directory as is; otherwise a hub id downloaded (with progress) when the hub is reachable."""
+    local = Path(model_path).expanduser()
+    if local.is_dir():
+        return _check_files(local)
+    if local.exists() or str(model_path).startswith((".", "/", "~")) or str(model_path).count("/") != 1:
+        raise CheckpointError(f"model path {model_path} is not a directory holding an S2 Pro checkpoint")
+    try:
+        from huggingface_hub import snapshot_download
+        path = snapshot_download(repo_id=str(model_path))
+    except Exception as exc:  # network errors, gated repos, missing package: all end here
+        raise CheckpointError(
+            f"could not download {model_path} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            f"Download it elsewhere (`huggingface-cli download {model_path} --local-dir DIR`) "
+            f"and pass --model-path DIR") from exc
+    return _check_files(Path(path))
+
+
+def _check_files(path: Path) -> Path:
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if not (path / INDEX_FILE).is_file() and not (path / SINGLE_FILE).is_file():
+        missing.append(f"{INDEX_FILE} (or {SINGLE_FILE})")
+    if missing:
+        raise CheckpointError(f"{path} is not a complete S2 Pro checkpoint: missing {', '.join(missing)}")
+    return path
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors shards named by the index (or the single file)."""
+    index = path / INDEX_FILE
+    if not index.is_file():
+        return [path / SINGLE_FILE]
+    weight_map = json.loads(index.read_text()).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map")
+    files = sorted(set(weight_map.values()))
+    absent = [f for f in files if not (path / f).is_file()]
+    if absent:
+        raise CheckpointError(f"{index} names shards that are not there: {', '.join(absent)}")
+    return [path / f for f in files]
+
+
+def read_safetensors(files: list[Path], device: str = "cpu") -> dict[str, Tensor]:
+    from safetensors import safe_open
+    state: dict[str, Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt", device=device) as f:
+            for key in f.keys():
+                if key in state:
+                    raise CheckpointError(f"key {key} appears in more than one shard")
+                state[key] = f.get_tensor(key)
+    return state
+
+
+def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], what: str) -> None:
+    """Raise naming every missing key, unexpected key and shape mismatch."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(got[k].shape)}"
+              for k in sorted(set(expected) & set(got)) if expected[k].shape != got[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:20])}" + (" …" if len(missing) > 20 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:20])}"
+                        + (" …" if len(unexpected) > 20 else ""))
+    if shapes:
+        problems.append(f"shape mismatches: {'; '.join(shapes[:20])}")
+    if problems:
+        raise CheckpointError(f"{what} does not match the S2 Pro layout: " + " | ".join(problems))
+
+
+def load_dual_ar(path: Path, device: torch.device | str, dtype: torch.dtype) -> DualAR:
+    """Build the model from config.json and load its weights strictly."""
+    cfg = ModelConfig.from_file(path / "config.json")
+    with torch.device("meta"):
+        model = DualAR(cfg)
+    state = read_safetensors(weight_files(path))
+    check_state_dict(model.state_dict(), state, f"weights in {path}")
+    state = {k: v.to(dtype=dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model = model.to(device)
+    model.init_rope()
+    return model.eval()
+
+
+def dual_ar_state_for_disk(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict as the real checkpoint stores it (bf16, contiguous, no RoPE tables)."""
+    return {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}

@@ -1,0 +1,1 @@
+"""Model definitions: the Dual-AR transformer and the causal codec."""
