@@ -1,0 +1,76 @@
+"""Attention over the paged KV pool: writes, prefill (varlen, gathered) and batched decode.
+
+Pool layout per layer: [num_blocks, block_size, kv_heads, head_dim]. A sequence's token at position p
+lives at block_table[p // block_size], offset p % block_size. The torch paths here are the plain
+reference; on CUDA the decode path is served by the Triton kernel in `triton_attention.py`, which is
+tested against `paged_decode_reference`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.models.layers import sdpa_gqa
+
+
+def write_kv(k_pool: Tensor, v_pool: Tensor, slot_mapping: Tensor, k: Tensor, v: Tensor) -> None:
+    """Store k/v [N, KVH, D] at flat pool slots [N]."""
+    k_pool.view(-1, *k_pool.shape[2:]).index_copy_(0, slot_mapping, k)
+    v_pool.view(-1, *v_pool.shape[2:]).index_copy_(0, slot_mapping, v)
+
+
+def gather_seq(pool: Tensor, block_table: Tensor, length: int) -> Tensor:
+    """The first `length` tokens of one sequence: [length, KVH, D]."""
+    blocks = pool[block_table[: -(-length // pool.shape[1])]]
+    return blocks.flatten(0, 1)[:length]
+
+
+@dataclass
+class PrefillSegment:
+    start: int  # position of the segment's first token in its sequence
+    num_tokens: int
+    block_table: Tensor  # [num_blocks] int64 on device
+
+
+def prefill_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, segments: list[PrefillSegment]
+                      ) -> Tensor:
+    """Packed q [N, H, D] of several sequences' new tokens -> outputs [N, H, D].
+
+    Each segment attends causally to its cached prefix plus its own tokens (already written).
+    """
+    outs, offset = [], 0
+    for seg in segments:
+        total = seg.start + seg.num_tokens
+        k = gather_seq(k_pool, seg.block_table, total)
+        v = gather_seq(v_pool, seg.block_table, total)
+        q_pos = torch.arange(seg.start, total, device=q.device)[:, None]
+        mask = torch.arange(total, device=q.device)[None, :] <= q_pos
+        outs.append(sdpa_gqa(q[offset:offset + seg.num_tokens], k, v, mask))
+        offset += seg.num_tokens
+    return torch.cat(outs)
+
+
+def paged_decode_reference(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor,
+                           context_lens: Tensor) -> Tensor:
+    """One query token per sequence. q [B, H, D], block_tables [B, M], context_lens [B] -> [B, H, D]."""
+    batch, heads, dim = q.shape
+    kv_heads = k_pool.shape[2]
+    k = k_pool[block_tables].flatten(1, 2)  # [B, M*bs, KVH, D]
+    v = v_pool[block_tables].flatten(1, 2)
+    mask = torch.arange(k.shape[1], device=q.device)[None, :] < context_lens[:, None]  # [B, L]
+    groups = heads // kv_heads
+    k = k.repeat_interleave(groups, dim=2).transpose(1, 2)  # [B, H, L, D]
+    v = v.repeat_interleave(groups, dim=2).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None])
+    return out[:, :, 0]
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """One query per row over all of that row's keys: q [B, H, D], k/v [B, L, KVH, D] -> [B, H, D]."""
+    groups = q.shape[1] // k.shape[2]
+    k = k.repeat_interleave(groups, dim=2).transpose(1, 2)  # [B, H, L, D]
+    v = v.repeat_interleave(groups, dim=2).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v)
+    return out[:, :, 0]

@@ -1,0 +1,218 @@
+"""Engine: the synchronous serving core. add_request / step / abort.
+
+A request becomes a Job: its text is split into chunks, and each chunk is one Sequence (prompt =
+system + references + earlier chunks as user/assistant turns + this chunk). `step()` asks the scheduler
+for a plan, runs prefill and one batched decode frame on the runner, turns new frames into PCM with
+each job's streaming decoder, and returns Events. Only `runner.py` touches model tensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from engine.engine_config import EngineConfig
+from engine.kv_cache import BlockManager
+from engine.loader import LoadedModel
+from engine.metrics import EngineMetrics, RequestTimes
+from engine.prompt import Reference, build_prompt, split_text
+from engine.request import Sequence, SynthesisRequest, new_request_id, now
+from engine.runner import ModelRunner, RunnerConfig
+from engine.sampler import SamplingParams
+from engine.scheduler import Scheduler
+from engine.vocoder import StreamingDecoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Event:
+    """What one step produced for one request: new frames' codes and/or PCM, or its end."""
+
+    request_id: int
+    codes: np.ndarray | None = None  # [10, n] int64
+    pcm: np.ndarray | None = None  # float32 mono at the codec sample rate
+    finished: bool = False
+    reason: str | None = None  # eos | length | aborted | error
+    error: str | None = None
+    chunk_index: int = 0
+
+
+@dataclass
+class Job:
+    request_id: int
+    chunks: list[str]
+    references: list[Reference]
+    params: SamplingParams
+    frames_left: int
+    decoder: StreamingDecoder | None
+    times: RequestTimes
+    fixed_prompt: Tensor | None = None  # add_prompt(): a ready grid, one chunk
+    chunk_index: int = 0
+    history: list[tuple[str, Tensor]] = field(default_factory=list)
+    seq: Sequence | None = None
+    frames_done: int = 0
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
+        self.loaded, self.cfg = loaded, cfg
+        num_blocks = cfg.num_blocks or cfg.blocks_from_memory(loaded)
+        self.runner = ModelRunner(loaded.model, RunnerConfig(num_blocks, cfg.block_size, cfg.max_batch,
+                                                             loaded.config.text.max_seq_len))
+        self.blocks = BlockManager(num_blocks, cfg.block_size)
+        self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget)
+        self.graphs = None
+        if cfg.cuda_graphs and loaded.device.type == "cuda":
+            from engine.cuda_graphs import FrameGraphs
+            self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
+        self.jobs: dict[int, Job] = {}
+        self.pending: list[Event] = []
+        self.metrics = EngineMetrics()
+        self._voice_cache: OrderedDict[str, Tensor] = OrderedDict()
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, req: SynthesisRequest) -> int:
+        """Validate and queue a request; raises ValueError with a user-facing message on bad input."""
+        refs = [Reference(r.text, self._reference_codes(r)) for r in req.references]
+        chunks = split_text(req.text, req.chunk_length) if req.chunk_length else [req.text.strip()]
+        job = self._new_job(chunks, refs, req.sampling, req.max_frames, req.stream_pcm)
+        self._start_chunk(job)  # builds and checks the first prompt before anything is queued
+        return job.request_id
+
+    def add_prompt(self, prompt: Tensor, params: SamplingParams, max_frames: int,
+                   stream_pcm: bool = False) -> int:
+        """Queue a ready prompt grid [11, T] (one chunk): for benchmarks and reference comparisons."""
+        job = self._new_job([""], [], params, max_frames, stream_pcm)
+        job.fixed_prompt = prompt
+        self._start_chunk(job)
+        return job.request_id
+
+    def _new_job(self, chunks: list[str], refs: list[Reference], params: SamplingParams,
+                 max_frames: int, stream_pcm: bool) -> Job:
+        decoder = StreamingDecoder(self.loaded.codec) if stream_pcm else None
+        return Job(new_request_id(), chunks, refs, params, max_frames, decoder, RequestTimes(now()))
+
+    def _reference_codes(self, ref) -> Tensor:
+        if ref.codes is not None:
+            return torch.tensor(ref.codes, dtype=torch.long)
+        samples = np.asarray(ref.samples, dtype=np.float32)
+        seconds = len(samples) / self.loaded.sample_rate
+        if seconds > self.cfg.max_reference_seconds:
+            raise ValueError(f"reference audio is {seconds:.1f} s long; the limit is "
+                             f"{self.cfg.max_reference_seconds:.0f} s: trim it to its best part")
+        if len(samples) == 0:
+            raise ValueError("reference audio is empty")
+        return self.encode_audio(samples)
+
+    def encode_audio(self, samples: np.ndarray) -> Tensor:
+        """Codec codes [10, N] for mono 44.1 kHz samples, cached by content."""
+        key = hashlib.sha256(samples.tobytes()).hexdigest()
+        if key not in self._voice_cache:
+            audio = torch.from_numpy(samples).to(self.loaded.device)[None, None]
+            self._voice_cache[key] = self.loaded.codec.encode(audio)[0].cpu()
+            if len(self._voice_cache) > 64:
+                self._voice_cache.popitem(last=False)
+        self._voice_cache.move_to_end(key)
+        return self._voice_cache[key]
+
+    def _start_chunk(self, job: Job) -> None:
+        if job.fixed_prompt is not None:
+            grid = job.fixed_prompt
+        else:
+            grid = build_prompt(self.loaded.tokenizer, job.chunks[job.chunk_index], job.references,
+                                job.history)
+        columns = [tuple(c) for c in grid.T.tolist()]
+        seq = Sequence(job.request_id, columns, job.frames_left, job.frames_done)
+        self.scheduler.add(seq, front=job.chunk_index > 0)
+        job.seq = seq
+        self.jobs[job.request_id] = job
+
+    def abort(self, request_id: int) -> None:
+        job = self.jobs.pop(request_id, None)
+        if job is None:
+            return
+        self.scheduler.finish(job.seq)
+        self.metrics.finished("aborted")
+        self.pending.append(Event(request_id, finished=True, reason="aborted"))
+
+    def has_work(self) -> bool:
+        return bool(self.pending) or self.scheduler.has_work()
+
+    def queue_position(self, request_id: int) -> int:
+        return self.scheduler.queue_position(request_id)
+
+    # -- stepping ---------------------------------------------------------------------------
+    def step(self) -> list[Event]:
+        events, self.pending = self.pending, []
+        plan = self.scheduler.schedule()
+        if plan.prefill:
+            self.runner.prefill(plan.prefill)
+            for seq, start, n in plan.prefill:
+                seq.num_computed = start + n
+                if not seq.in_prefill:
+                    self.scheduler.publish_prompt(seq)
+        if plan.decode:
+            for seq in plan.decode:
+                if not seq.frames:
+                    self.runner.start_sequence(seq.slot, self.jobs[seq.request_id].params, [])
+            rows = self._decode(plan.decode)
+            events += self._advance(plan.decode, rows)
+        self.metrics.step(len(plan.decode), self.blocks)
+        return events
+
+    def _decode(self, seqs: list[Sequence]) -> np.ndarray:
+        offsets = [s.frame_offset + len(s.frames) for s in seqs]
+        if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
+            return self.graphs.run(seqs, offsets)
+        inp = self.runner.frame_inputs(seqs, offsets, len(seqs))
+        return self.runner.decode_frame(inp).cpu().numpy()
+
+    def _advance(self, seqs: list[Sequence], rows: np.ndarray) -> list[Event]:
+        events = []
+        eos_col = self.loaded.config.codebook_size
+        sem_start = self.loaded.config.semantic_start_token_id
+        for seq, row in zip(seqs, rows):
+            job = self.jobs[seq.request_id]
+            if int(row[0]) == eos_col:
+                events += self._end_chunk(job, "eos")
+                continue
+            seq.frames.append((sem_start + int(row[0]),) + tuple(int(c) for c in row[1:]))
+            job.frames_left -= 1
+            job.frames_done += 1
+            job.times.frame(now())
+            codes = np.asarray(row[1:], dtype=np.int64)[:, None]
+            events.append(Event(job.request_id, codes=codes, pcm=self._pcm(job, codes),
+                                chunk_index=job.chunk_index))
+            if len(seq.frames) >= seq.max_new_frames:
+                events += self._end_chunk(job, "length")
+        return events
+
+    def _pcm(self, job: Job, codes: np.ndarray) -> np.ndarray | None:
+        if job.decoder is None:
+            return None
+        pcm = job.decoder.push(torch.from_numpy(codes).to(self.loaded.device))
+        job.times.audio(now())
+        return pcm.float().cpu().numpy()
+
+    def _end_chunk(self, job: Job, reason: str) -> list[Event]:
+        seq = job.seq
+        self.scheduler.finish(seq)
+        codes = torch.tensor([f[1:] for f in seq.frames], dtype=torch.long).T.reshape(10, -1)
+        if codes.shape[1]:
+            job.history.append((job.chunks[job.chunk_index], codes))
+        more = job.chunk_index + 1 < len(job.chunks)
+        if reason == "eos" and more and job.frames_left > 0:
+            job.chunk_index += 1
+            self._start_chunk(job)
+            return []
+        del self.jobs[job.request_id]
+        job.times.done(now())
+        self.metrics.finished(reason if not more else "length", job.times, job.frames_done)
+        return [Event(job.request_id, finished=True, reason=reason if not more else "length",
+                      chunk_index=job.chunk_index)]

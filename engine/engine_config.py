@@ -1,0 +1,50 @@
+"""EngineConfig: limits and switches of the serving core (KV pool, batching, graphs)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from engine.loader import LoadedModel
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 64  # tokens per KV block
+    num_blocks: int | None = None  # None: sized from free device memory (GPU) or cpu_kv_mb (CPU)
+    gpu_memory_fraction: float = 0.80  # share of the GPU's free memory (after weights) given to KV
+    cpu_kv_mb: int = 1024
+    max_batch: int = 32  # sequences decoded together in one frame
+    prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
+    cuda_graphs: bool = True
+    compile: bool = False  # torch.compile the frame before capturing it
+    max_reference_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:
+            raise ValueError("block_size, max_batch and prefill_budget must be positive")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError("num_blocks must be positive")
+        if not 0.05 <= self.gpu_memory_fraction <= 0.98:
+            raise ValueError("gpu_memory_fraction must be in [0.05, 0.98]")
+        if self.max_reference_seconds <= 0:
+            raise ValueError("max_reference_seconds must be positive")
+
+    def block_bytes(self, loaded: LoadedModel) -> int:
+        t = loaded.config.text
+        elem = torch.empty((), dtype=loaded.dtype).element_size()
+        return 2 * t.n_layer * self.block_size * t.n_local_heads * t.head_dim * elem
+
+    def blocks_from_memory(self, loaded: LoadedModel) -> int:
+        if loaded.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(loaded.device)
+            budget = int(free * self.gpu_memory_fraction) - (1 << 30)  # 1 GiB for activations/graphs
+        else:
+            budget = self.cpu_kv_mb << 20
+        return max(1, budget // self.block_bytes(loaded))
+
+    def graph_buckets(self) -> list[int]:
+        sizes = [b for b in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128) if b < self.max_batch]
+        return sizes + [self.max_batch]

@@ -1,0 +1,184 @@
+"""The bridge to the device: KV pool, per-sequence state buffers, prefill and the batched decode frame.
+
+A decode frame for a batch: restricted slow head -> slow token (RAS) -> fast AR over the 10 codebook
+positions batched across rows -> codes -> next input column -> one slow AR step with paged attention.
+All per-sequence state (last hidden, RAS window, sampling params) lives in device buffers indexed by
+slot, so a frame is a pure tensor program over static inputs: that is what CUDA graphs capture
+(`cuda_graphs.py`). The host reads one [B, 11] tensor per frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.attention import (PrefillSegment, dense_attention, paged_decode_reference, prefill_attention,
+                              write_kv)
+from engine.models.dual_ar import DualAR
+from engine.request import Sequence
+from engine.sampler import RAS_WINDOW, BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    num_blocks: int
+    block_size: int = 64
+    max_batch: int = 32
+    max_model_len: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1 or self.block_size < 1 or self.max_batch < 1:
+            raise ValueError("num_blocks, block_size and max_batch must be positive")
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        return -(-self.max_model_len // self.block_size)
+
+
+@dataclass
+class FrameInputs:
+    """Static per-frame inputs (one row per sequence in the batch, padded rows use the scratch slot)."""
+
+    slots: Tensor  # [B] int64
+    positions: Tensor  # [B] int64, position of the column fed to the slow AR
+    slot_mapping: Tensor  # [B] int64 flat pool index for that column's KV
+    block_tables: Tensor  # [B, max_blocks_per_seq] int64
+    context_lens: Tensor  # [B] int64 = positions + 1
+    frames: Tensor  # [B] int64 global frame index (sampling counter)
+
+
+class ModelRunner:
+    def __init__(self, model: DualAR, cfg: RunnerConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        mc = model.cfg
+        weight = model.text_model.model.embeddings.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        t, a = mc.text, mc.audio
+        # One extra scratch block and one extra scratch slot absorb the writes of padded rows.
+        self.scratch_block = cfg.num_blocks
+        pool = (t.n_layer, cfg.num_blocks + 1, cfg.block_size, t.n_local_heads, t.head_dim)
+        self.k_pool = torch.zeros(pool, dtype=self.dtype, device=self.device)
+        self.v_pool = torch.zeros(pool, dtype=self.dtype, device=self.device)
+        fast = (a.n_layer, cfg.max_batch, mc.num_codebooks, a.n_local_heads, a.head_dim)
+        self.k_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
+        self.v_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
+        rows = cfg.max_batch + 1
+        self.scratch_slot = cfg.max_batch
+        self.hidden = torch.zeros(rows, t.dim, dtype=self.dtype, device=self.device)
+        self.recent = torch.full((rows, RAS_WINDOW), -1, dtype=torch.long, device=self.device)
+        self.params = BatchParams.build([SamplingParams()] * rows, self.device)
+        self.decode_attention = paged_decode_reference
+        if self.device.type == "cuda":
+            from engine.triton_attention import paged_decode_triton
+            self.decode_attention = paged_decode_triton
+
+    # -- per-sequence state ---------------------------------------------------------------
+    def start_sequence(self, slot: int, params: SamplingParams, recent: list[int]) -> None:
+        """Load a sequence's sampling params and RAS window (carried across text chunks) into its slot."""
+        one = BatchParams.build([params], self.device)
+        for name in ("temperature", "top_p", "top_k", "ras", "seed"):
+            getattr(self.params, name)[slot] = getattr(one, name)[0]
+        window = ([-1] * RAS_WINDOW + recent)[-RAS_WINDOW:]
+        self.recent[slot] = torch.tensor(window, dtype=torch.long, device=self.device)
+
+    def recent_window(self, slot: int) -> list[int]:
+        return self.recent[slot].tolist()
+
+    def block_table_tensor(self, tables: list[list[int]], width: int) -> Tensor:
+        out = torch.full((len(tables), width), self.scratch_block, dtype=torch.long)
+        for i, table in enumerate(tables):
+            out[i, :len(table)] = torch.tensor(table, dtype=torch.long)
+        return out.to(self.device)
+
+    def slot_of(self, table: list[int], position: int) -> int:
+        bs = self.cfg.block_size
+        return table[position // bs] * bs + position % bs
+
+    # -- prefill ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, items: list[tuple[Sequence, int, int]]) -> None:
+        """Compute KV for prompt ranges; sequences that finish their prompt get their last hidden."""
+        cols, positions, slots, segments = [], [], [], []
+        for seq, start, n in items:
+            cols.extend(seq.prompt[start:start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(self.slot_of(seq.alloc.block_table, p) for p in range(start, start + n))
+            table = torch.tensor(seq.alloc.block_table, dtype=torch.long, device=self.device)
+            segments.append(PrefillSegment(start, n, table))
+        grid = torch.tensor(cols, dtype=torch.long, device=self.device).T  # [11, N]
+        slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
+
+        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            write_kv(self.k_pool[layer], self.v_pool[layer], slot_mapping, k, v)
+            return prefill_attention(q, self.k_pool[layer], self.v_pool[layer], segments)
+
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        hidden = self.model.slow_forward(self.model.embed(grid), pos, attend)
+        end = 0
+        for seq, start, n in items:
+            end += n
+            if start + n == seq.prompt_len:
+                self.hidden[seq.slot] = hidden[end - 1]
+
+    # -- decode -----------------------------------------------------------------------------
+    def frame_inputs(self, seqs: list[Sequence], frame_offsets: list[int], pad_to: int,
+                     full_width: bool = False) -> FrameInputs:
+        """Inputs for one frame. Eager runs size block tables to the longest context in the batch;
+        CUDA graphs need the fixed full width (`full_width`)."""
+        n = len(seqs)
+        positions = [s.prompt_len + len(s.frames) for s in seqs]
+        slot_mapping = [self.slot_of(s.alloc.block_table, p) for s, p in zip(seqs, positions)]
+        pad = pad_to - n
+        scratch = self.scratch_block * self.cfg.block_size
+        width = self.cfg.max_blocks_per_seq if full_width else -(-(max(positions) + 1) // self.cfg.block_size)
+        def t(values: list[int]) -> Tensor:
+            return torch.tensor(values, dtype=torch.long, device=self.device)
+        return FrameInputs(
+            slots=t([s.slot for s in seqs] + [self.scratch_slot] * pad),
+            positions=t(positions + [0] * pad),
+            slot_mapping=t(slot_mapping + [scratch] * pad),
+            block_tables=self.block_table_tensor([s.alloc.block_table[:-(-(p + 1) // self.cfg.block_size)]
+                                                  for s, p in zip(seqs, positions)] + [[]] * pad, width),
+            context_lens=t([p + 1 for p in positions] + [1] * pad),
+            frames=t(frame_offsets + [0] * pad))
+
+    @torch.inference_mode()
+    def decode_frame(self, inp: FrameInputs) -> Tensor:
+        """One frame for every row: returns [B, 11] = (restricted slow column, c0..c9)."""
+        model, mc = self.model, self.model.cfg
+        h = self.hidden[inp.slots]
+        p = BatchParams(*(getattr(self.params, f)[inp.slots]
+                          for f in ("temperature", "top_p", "top_k", "ras", "seed")))
+        col = sample_slow(model.slow_logits(h), p, inp.frames, self.recent[inp.slots])
+        codes = self.fast_codes(h, col.clamp(max=mc.codebook_size - 1), p, inp.frames)  # [B, 10]
+        grid = torch.cat([model.restricted_to_token(col)[None], codes.T])  # [11, B]
+
+        def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            write_kv(self.k_pool[layer], self.v_pool[layer], inp.slot_mapping, k, v)
+            return self.decode_attention(q, self.k_pool[layer], self.v_pool[layer], inp.block_tables,
+                                         inp.context_lens)
+
+        new_h = model.slow_forward(model.embed(grid), inp.positions, attend)
+        self.hidden.index_copy_(0, inp.slots, new_h)
+        self.recent.index_copy_(0, inp.slots, push_recent(self.recent[inp.slots], col))
+        return torch.cat([col[:, None], codes], dim=1)
+
+    def fast_codes(self, h: Tensor, c0: Tensor, p: BatchParams, frames: Tensor) -> Tensor:
+        """The fast AR over codebook positions 0..9 for a batch: h [B, dim], c0 [B] -> codes [B, 10]."""
+        model = self.model
+        batch = h.shape[0]
+        kf, vf = self.k_fast[:, :batch], self.v_fast[:, :batch]
+        codes, x = [c0], h
+        for pos in range(model.cfg.num_codebooks):
+            def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, pos: int = pos) -> Tensor:
+                kf[layer, :, pos] = k
+                vf[layer, :, pos] = v
+                return dense_attention(q, kf[layer, :, :pos + 1], vf[layer, :, :pos + 1])
+            positions = torch.full((batch,), pos, dtype=torch.long, device=h.device)
+            out = model.fast_forward(x, positions, attend)
+            if pos > 0:  # position 0 (the slow hidden) only fills the fast cache
+                codes.append(sample_fast(model.fast_logits(out), p, frames, pos))
+            x = model.fast_embed(codes[-1])
+        return torch.stack(codes, dim=1)
