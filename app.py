@@ -1,35 +1,33 @@
-"""Server entry point: `python app.py` (what ./start.sh runs). Honours PORT and GRADIO_SERVER_NAME."""
+"""Server entry point: `python app.py` (what ./start.sh runs); honours PORT and GRADIO_SERVER_NAME.
+
+One FastAPI app: the OpenAI-compatible API under /v1 (plus /health, /metrics) and the Gradio
+playground at /. Wiring only: the parts live in playground/ and engine/.
+"""
 from __future__ import annotations
 
-import argparse
-import os
+import logging
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, JSONResponse
+
+from playground.settings import Settings, parse_settings
+from playground.state import AppState, create_state
 
 
-def build_app() -> FastAPI:
-    app = FastAPI(title="S2 Pro Playground")
-
-    @app.get("/health")
-    def health() -> JSONResponse:
-        return JSONResponse({"status": "starting"})
-
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> str:
-        return "<!doctype html><title>S2 Pro Playground</title><h1>S2 Pro Playground</h1>" \
-               "<p>The playground is being built; the engine CLI works: python -m engine synthesize.</p>"
-
-    return app
+def build_app(state: AppState) -> FastAPI:
+    from playground import api, ui
+    app = FastAPI(title="S2 Pro Playground", version="1.0")
+    app.state.s2 = state
+    api.install(app, state)  # /v1/..., /health, /metrics
+    return ui.install(app, state)  # the playground at / (and its own routes)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "7860")))
-    args = parser.parse_args()
-    uvicorn.run(build_app(), host=args.host, port=args.port)
+def main(settings: Settings | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings or parse_settings()
+    state = create_state(settings)
+    logging.getLogger("app").info("%s", state.describe())
+    uvicorn.run(build_app(state), host=settings.host, port=settings.port, log_level="info")
 
 
 if __name__ == "__main__":

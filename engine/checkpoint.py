@@ -23,6 +23,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 CODEC_FILE = "codec.pth"
 CODEC_CONFIG_FILE = "codec_config.json"
+DEMO_MARKER = "RANDOM_WEIGHTS"  # written by tiny checkpoints only: the app shows its demo banner
 REQUIRED_FILES = ("config.json", CODEC_FILE, "tokenizer.json")
 
 

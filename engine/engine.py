@@ -41,6 +41,7 @@ class Event:
     reason: str | None = None  # eos | length | aborted | error
     error: str | None = None
     chunk_index: int = 0
+    stats: dict[str, float | int | None] | None = None  # final figures, on the finishing event
 
 
 @dataclass
@@ -207,12 +208,22 @@ class Engine:
         if codes.shape[1]:
             job.history.append((job.chunks[job.chunk_index], codes))
         more = job.chunk_index + 1 < len(job.chunks)
-        if reason == "eos" and more and job.frames_left > 0:
+        if more and reason == "eos" and job.frames_left > 0:
             job.chunk_index += 1
-            self._start_chunk(job)
-            return []
+            try:
+                self._start_chunk(job)
+                return []
+            except ValueError as exc:  # e.g. the history outgrew the prompt limit
+                return [self._finish(job, "error", str(exc))]
+        return [self._finish(job, "length" if more else reason)]
+
+    def _finish(self, job: Job, reason: str, error: str | None = None) -> Event:
         del self.jobs[job.request_id]
         job.times.done(now())
-        self.metrics.finished(reason if not more else "length", job.times, job.frames_done)
-        return [Event(job.request_id, finished=True, reason=reason if not more else "length",
-                      chunk_index=job.chunk_index)]
+        self.metrics.finished(reason, job.times, job.frames_done)
+        t = job.times
+        stats = {"frames": t.frames, "audio_seconds": t.audio_seconds, "ttft_ms": t.ttft_ms,
+                 "ttfb_ms": t.ttfb_ms, "rtf": t.rtf, "frames_per_second": t.frames_per_second,
+                 "chunks": job.chunk_index + 1}
+        return Event(job.request_id, finished=True, reason=reason, error=error,
+                     chunk_index=job.chunk_index, stats=stats)

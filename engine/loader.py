@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import CODEC_CONFIG_FILE, CODEC_FILE, CheckpointError, load_dual_ar
+from engine.checkpoint import CODEC_CONFIG_FILE, CODEC_FILE, DEMO_MARKER, CheckpointError, load_dual_ar
 from engine.config import ModelConfig
 from engine.models.codec import Codec, CodecConfig
 from engine.models.codec_state import load_codec
@@ -58,9 +58,10 @@ class LoadedModel:
         return self.codec.config.hop_length
 
 
-def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype, demo: bool = False) -> LoadedModel:
+def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load a resolved checkpoint directory. The codec always runs in float32 (it is small and was
     shipped in float32); the ARs run in `dtype`."""
+    demo = (path / DEMO_MARKER).is_file()
     tokenizer = TextTokenizer(path)
     config = ModelConfig.from_file(path / "config.json")
     tokenizer.special.check_against({

@@ -19,4 +19,4 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir: Path) -> LoadedModel:
-    return load_model_dir(tiny_dir, torch.device("cpu"), torch.float32, demo=True)
+    return load_model_dir(tiny_dir, torch.device("cpu"), torch.float32)

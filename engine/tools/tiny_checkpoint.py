@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import CODEC_CONFIG_FILE, CODEC_FILE, INDEX_FILE, dual_ar_state_for_disk
+from engine.checkpoint import CODEC_CONFIG_FILE, CODEC_FILE, DEMO_MARKER, INDEX_FILE, dual_ar_state_for_disk
 from engine.config import ModelConfig, tiny_config
 from engine.models.codec import Codec, CodecConfig, weight_norm_param_names
 from engine.models.codec_state import to_weight_norm_state_dict
@@ -61,6 +61,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, full_codec: bool =
     write_dual_ar(out, tiny_config(), seed)
     write_codec(out, CodecConfig() if full_codec else CodecConfig.tiny(), seed, not full_codec)
     write_tiny_tokenizer(out)
+    (out / DEMO_MARKER).write_text("random weights written by engine.tools.tiny_checkpoint: output is noise\n")
     return out
 
 

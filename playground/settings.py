@@ -1,0 +1,58 @@
+"""Server settings: CLI flags and S2PRO_* environment variables map onto one frozen dataclass here."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.checkpoint import DEFAULT_MODEL_ID
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_path: str = DEFAULT_MODEL_ID
+    device: str = "auto"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path = Path("data")
+    api_key: str | None = None  # bearer key for /v1 routes; None = open
+    max_batch: int = 32
+    num_blocks: int | None = None
+    cuda_graphs: bool = True
+    compile: bool = False
+    demo_fallback: bool = True  # start on a random tiny checkpoint when no real weights are found
+    max_upload_mb: int = 25
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be positive")
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    env = os.environ
+    p = argparse.ArgumentParser(description="S2 Pro Playground: playground + OpenAI-compatible speech API")
+    p.add_argument("--model-path", default=env.get("S2PRO_MODEL_PATH", DEFAULT_MODEL_ID),
+                   help="checkpoint directory or hub id (default: %(default)s)")
+    p.add_argument("--device", default=env.get("S2PRO_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=env.get("S2PRO_DTYPE", "auto"), help="auto, bfloat16, float32")
+    p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env.get("PORT", env.get("GRADIO_SERVER_PORT", "7860"))))
+    p.add_argument("--data-dir", type=Path, default=Path(env.get("S2PRO_DATA_DIR", "data")),
+                   help="voices, history and the demo checkpoint live here")
+    p.add_argument("--api-key", default=env.get("S2PRO_API_KEY"), help="require this bearer key on /v1")
+    p.add_argument("--max-batch", type=int, default=int(env.get("S2PRO_MAX_BATCH", "32")))
+    p.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: from free memory)")
+    p.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode frame (CUDA)")
+    p.add_argument("--no-demo", action="store_true", help="fail instead of starting in demo mode")
+    a = p.parse_args(argv)
+    return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
+                    data_dir=a.data_dir, api_key=a.api_key or None, max_batch=a.max_batch,
+                    num_blocks=a.num_blocks, cuda_graphs=not a.eager, compile=a.compile,
+                    demo_fallback=not a.no_demo)
+
+

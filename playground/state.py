@@ -1,0 +1,62 @@
+"""AppState: what the API and the UI share (loaded model, async engine, store, settings)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.async_engine import AsyncEngine
+from engine.checkpoint import CheckpointError, resolve_model_path
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
+from playground.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEMO_HELP = ("Demo mode: no S2 Pro weights were found, so a tiny random checkpoint is loaded and the "
+             "output is noise. To use the real model: `huggingface-cli download fishaudio/s2-pro "
+             "--local-dir checkpoints/s2-pro` and start with `./start.sh --model-path checkpoints/s2-pro`.")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    loaded: LoadedModel
+    engine: AsyncEngine
+    store: object  # playground.store.Store
+
+    @property
+    def demo(self) -> bool:
+        return self.loaded.demo
+
+    def describe(self) -> str:
+        lm = self.loaded
+        mode = "demo (random tiny checkpoint)" if lm.demo else str(lm.path)
+        return f"model: {mode} · device: {lm.device} · dtype: {str(lm.dtype).removeprefix('torch.')}"
+
+
+def resolve_or_demo(settings: Settings) -> Path:
+    try:
+        return resolve_model_path(settings.model_path)
+    except CheckpointError as exc:
+        if not settings.demo_fallback:
+            raise
+        log.warning("%s", exc)
+        log.warning("%s", DEMO_HELP)
+        demo_dir = settings.data_dir / "demo-checkpoint"
+        if not (demo_dir / "config.json").is_file():
+            from engine.tools.tiny_checkpoint import write_tiny_checkpoint
+            write_tiny_checkpoint(demo_dir)
+        return demo_dir
+
+
+def create_state(settings: Settings) -> AppState:
+    from playground.store import Store
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(settings.device)
+    loaded = load_model_dir(resolve_or_demo(settings), device, pick_dtype(settings.dtype, device))
+    cfg = EngineConfig(max_batch=settings.max_batch, num_blocks=settings.num_blocks,
+                       cuda_graphs=settings.cuda_graphs, compile=settings.compile)
+    engine = AsyncEngine(Engine(loaded, cfg))
+    return AppState(settings, loaded, engine, Store(settings.data_dir))
