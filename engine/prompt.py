@@ -1,0 +1,221 @@
+"""Prompt building (text + voice references + history → the model's input grid) and long-text chunking.
+
+Grid (spec §3): a LongTensor [11, T]; row 0 = token ids; rows 1..10 = codes c0..c9 at audio positions,
+where row 0 = semantic_start + c0; rows 1..10 are 0 at text positions.
+
+Layout (spec §7), one line per message; `{...}` is one separate tokenize call, `<|x|>` an id inserted
+directly (user text cannot produce control ids, see engine.tokenizer):
+    <|im_start|>{system\n}{SYSTEM_PLAIN}<|im_end|>{\n}
+ or <|im_start|>{system\n}{SYSTEM_CLONE}{transcripts}{SPEECH_HEADER}[reference codes]<|im_end|>{\n}
+    per history item:  <|im_start|>{user\n}{chunk text}<|im_end|>{\n}
+                       <|im_start|>{assistant\n}<|voice|>[chunk codes]<|im_end|>{\n}
+    <|im_start|>{user\n}{text}<|im_end|>{\n}
+    <|im_start|>{assistant\n}<|voice|>                       ← generation starts here
+Upstream tokenizes "<|im_start|>user\n" as one string, but the tokenizer cuts added tokens out before
+BPE, so [im_start] + encode("user\n") is the identical id sequence.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.tokenizer import SPEAKER_TAG, SpecialIds, TextTokenizer
+
+NUM_CODEBOOKS = 10
+NUM_ROWS = NUM_CODEBOOKS + 1
+# Every codebook's embedding stride is 4096 (spec §3); residual codebooks only hold 1024 entries, but
+# the codec clamps c1..c9 itself, so we accept the embedding range rather than reject sampled codes.
+CODE_LIMIT = 4096
+PROMPT_LIMIT = 30_720
+MIN_CHUNK_CHARS = 32  # room for a carried speaker tag plus some text
+
+SYSTEM_PLAIN = "convert the provided text to speech"
+SYSTEM_CLONE = "convert the provided text to speech reference to the following:\n\nText:\n"
+SPEECH_HEADER = "\n\nSpeech:\n"
+
+
+@dataclass(frozen=True, eq=False)  # field-wise == on tensors has no single truth value
+class Reference:
+    """A voice reference: its transcript (may be empty or hold its own `<|speaker:N|>`) and codes [10, N]."""
+
+    text: str
+    codes: Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise ValueError(f"reference text must be a string, got {type(self.text).__name__}")
+        check_codes(self.codes, "reference codes")
+
+
+def check_codes(codes: Tensor, what: str) -> None:
+    """Raise ValueError unless codes is a LongTensor [10, N ≥ 1] with every value in 0..4095."""
+    if not isinstance(codes, Tensor):
+        raise ValueError(f"{what} must be a torch tensor, got {type(codes).__name__}")
+    if codes.dtype != torch.long or codes.dim() != 2 or codes.shape[0] != NUM_CODEBOOKS or codes.shape[1] < 1:
+        raise ValueError(f"{what} must be a torch.long tensor of shape [{NUM_CODEBOOKS}, N ≥ 1], "
+                         f"got {tuple(codes.shape)} {codes.dtype}")
+    low, high = int(codes.min()), int(codes.max())
+    if low < 0 or high >= CODE_LIMIT:
+        raise ValueError(f"{what} must lie in 0..{CODE_LIMIT - 1}, got values {low}..{high}")
+
+
+def audio_columns(special: SpecialIds, codes: Tensor) -> Tensor:
+    """Codes [10, n] → grid columns [11, n]: row 0 = semantic_start + c0, rows 1..10 = c0..c9.
+
+    Also the slow AR's decode-time input for a new frame. No range check, hence no host sync: callers
+    validate untrusted codes with `check_codes`. Stays on the codes' device.
+    """
+    return torch.cat([codes[:1] + special.semantic_start, codes], dim=0)
+
+
+def build_prompt(tok: TextTokenizer, text: str, references: Sequence[Reference] = (),
+                 history: Sequence[tuple[str, Tensor]] = (), prompt_limit: int = PROMPT_LIMIT) -> Tensor:
+    """The input grid [11, T] (CPU, long) for synthesizing `text`; layout in the module docstring.
+
+    `history` holds already-synthesized chunks of the same long text as (chunk text, codes [10, n]).
+    """
+    if not text.strip():
+        raise ValueError("text is empty: nothing to synthesize")
+    special = tok.special
+    parts = _message(tok, "system", _system_parts(tok, references))
+    for i, (chunk_text, codes) in enumerate(history):
+        check_codes(codes, f"history[{i}] codes")
+        parts += _message(tok, "user", [_text(tok, chunk_text)])
+        parts += _message(tok, "assistant", [_ids([special.voice]), audio_columns(special, codes.cpu())])
+    parts += _message(tok, "user", [_text(tok, text)])
+    parts += [_ids([special.im_start]), _text(tok, "assistant\n"), _ids([special.voice])]
+    grid = torch.cat(parts, dim=1)
+    if grid.shape[1] > prompt_limit:
+        raise ValueError(f"prompt is {grid.shape[1]} tokens, over the limit of {prompt_limit}: use shorter "
+                         "or fewer reference clips, shorter text, or less history")
+    return grid
+
+
+def _system_parts(tok: TextTokenizer, references: Sequence[Reference]) -> list[Tensor]:
+    if not references:
+        return [_text(tok, SYSTEM_PLAIN)]
+    transcripts = "\n".join(ref.text if SPEAKER_TAG.search(ref.text) else f"<|speaker:{i}|>{ref.text}"
+                            for i, ref in enumerate(references))
+    codes = torch.cat([ref.codes.cpu() for ref in references], dim=1)  # one span, no separator
+    return [_text(tok, SYSTEM_CLONE), _text(tok, transcripts), _text(tok, SPEECH_HEADER),
+            audio_columns(tok.special, codes)]
+
+
+def _message(tok: TextTokenizer, role: str, parts: list[Tensor]) -> list[Tensor]:
+    special = tok.special
+    return [_ids([special.im_start]), _text(tok, f"{role}\n"), *parts,
+            _ids([special.im_end]), _text(tok, "\n")]
+
+
+def _text(tok: TextTokenizer, text: str) -> Tensor:
+    """One separate tokenize call → text columns [11, n]."""
+    return _ids(tok.encode(text))
+
+
+def _ids(ids: list[int]) -> Tensor:
+    grid = torch.zeros(NUM_ROWS, len(ids), dtype=torch.long)
+    grid[0] = torch.tensor(ids, dtype=torch.long)
+    return grid
+
+
+# ---- long-text chunking ----
+
+# Group 1 is the tag; the whitespace after it joins it to the text it introduces.
+_TAG = re.compile(r"(<\|speaker:\d+\|>|\[[^\[\]\n]*\])\s*")
+_LEADING_SPEAKER_TAGS = re.compile(r"^(?:\s*<\|speaker:\d+\|>)+")
+_CLOSERS = "\"'”’)」』»"
+# Cut levels, coarsest first; a cut goes right after a match (so trailing spaces stay with the piece).
+_LEVELS: tuple[re.Pattern[str], ...] = (
+    # sentence ends: Latin terminators only before whitespace (keeps "3.14" whole), CJK ones
+    # anywhere (no spaces in CJK), any newline; closing quotes/brackets stay with their sentence
+    re.compile(rf"(?:[.!?…]+[{_CLOSERS}]*(?=\s|$)|[。！？]+[{_CLOSERS}]*|\n)\s*"),
+    re.compile(r"[,;:，；：、]\s*"),  # clause ends
+    re.compile(r"\s+"),  # word ends
+    re.compile(r".", re.DOTALL),  # anywhere: a run of letters with no space (CJK, URLs)
+)
+
+
+def split_text(text: str, max_chars: int) -> list[str]:
+    """Split long text into chunks of at most max_chars characters, in order, for one request each.
+
+    Rules:
+    - A `<|speaker:N|>` tag that changes the speaker always starts a new chunk once the current one has
+      something to say (upstream splits dialogue per turn too).
+    - Within a speaker's turn, sentences are packed greedily; a cut prefers sentence ends (. ! ? … then
+      whitespace; 。！？ anywhere; newlines; before a speaker tag), then clause ends (, ; : ，；：、),
+      then spaces, then any character. The finer levels only apply inside a piece longer than the budget.
+    - Never cuts inside `<|speaker:N|>` or `[tag]`, nor (unless no other cut fits) between a tag and
+      the text after it, which the tag introduces. Only a single tag longer than max_chars can make a
+      chunk exceed max_chars.
+    - Every chunk of a tagged turn starts with its speaker's tag (counted in max_chars), also one that
+      continues a turn, so the model knows who speaks. Chunks are whitespace-trimmed; speaker tags with
+      nothing to say before the next change are dropped. Otherwise every character of text lands in
+      exactly one chunk, in order. Empty text gives no chunks.
+    """
+    if max_chars < MIN_CHUNK_CHARS:
+        raise ValueError(f"max_chars must be at least {MIN_CHUNK_CHARS}, got {max_chars}")
+    chunks = []
+    for speaker, turn in _speaker_turns(text):
+        carry = "" if speaker is None else f"<|speaker:{speaker}|>"
+        body = _LEADING_SPEAKER_TAGS.sub("", turn)  # replaced by carry, so it is counted once
+        for chunk in map(str.strip, _pack(body, max_chars - len(carry))):
+            if _has_speech(chunk):
+                chunks.append(chunk if SPEAKER_TAG.match(chunk) else carry + chunk)
+    return chunks
+
+
+def _speaker_turns(text: str) -> list[tuple[int | None, str]]:
+    """Cut text before each speaker change; each turn carries the speaker active in it (None: untagged)."""
+    turns: list[tuple[int | None, str]] = []
+    start, active = 0, None
+    for match in SPEAKER_TAG.finditer(text):
+        speaker = int(match.group(1))
+        if speaker != active and _has_speech(text[start:match.start()]):
+            turns.append((active, text[start:match.start()]))
+            start = match.start()
+        active = speaker
+    turns.append((active, text[start:]))
+    return turns
+
+
+def _pack(text: str, budget: int, level: int = 0) -> list[str]:
+    """Greedily join this level's pieces into chunks whose trimmed length is ≤ budget.
+
+    Oversize pieces are packed one level finer, and their last part stays open for what follows.
+    Chunks keep their whitespace, so they concatenate back to text exactly; the caller trims them.
+    """
+    chunks, current = [], ""
+    for piece in _cut(text, level):
+        if len((current + piece).strip()) <= budget:
+            current += piece
+            continue
+        chunks.append(current)
+        if len(piece.strip()) <= budget or level + 1 == len(_LEVELS):
+            current = piece
+        else:
+            *done, current = _pack(piece, budget, level + 1)
+            chunks.extend(done)
+    chunks.append(current)
+    return chunks
+
+
+def _cut(text: str, level: int) -> list[str]:
+    last_resort = level == len(_LEVELS) - 1
+    blocked = set()
+    for tag in _TAG.finditer(text):
+        # Never inside a tag; between a tag and its text only as a last resort ([a][b][c]... runs):
+        # a [whisper] at the end of one chunk would not affect the next.
+        blocked.update(range(tag.start() + 1, tag.end(1) if last_resort else tag.end() + 1))
+    points = {match.end() for match in _LEVELS[level].finditer(text)}
+    if level == 0:
+        points |= {tag.start() for tag in SPEAKER_TAG.finditer(text)}
+    points = sorted(p for p in points if 0 < p < len(text) and p not in blocked)
+    return [text[a:b] for a, b in zip([0, *points], [*points, len(text)])]
+
+
+def _has_speech(text: str) -> bool:
+    return bool(SPEAKER_TAG.sub("", text).strip())
