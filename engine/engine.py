@@ -82,6 +82,8 @@ class Engine:
         """Validate and queue a request; raises ValueError with a user-facing message on bad input."""
         refs = [Reference(r.text, self._reference_codes(r)) for r in req.references]
         chunks = split_text(req.text, req.chunk_length) if req.chunk_length else [req.text.strip()]
+        if not chunks:
+            raise ValueError("text has nothing to speak (only tags?)")
         job = self._new_job(chunks, refs, req.sampling, req.max_frames, req.stream_pcm)
         self._start_chunk(job)  # builds and checks the first prompt before anything is queued
         return job.request_id

@@ -69,6 +69,7 @@ class ModelRunner:
         self.hidden = torch.zeros(rows, t.dim, dtype=self.dtype, device=self.device)
         self.recent = torch.full((rows, RAS_WINDOW), -1, dtype=torch.long, device=self.device)
         self.params = BatchParams.build([SamplingParams()] * rows, self.device)
+        self.ignore_eos = False  # benchmarks: every sequence runs to its frame budget
         self.decode_attention = paged_decode_reference
         if self.device.type == "cuda":
             from engine.triton_attention import paged_decode_triton
@@ -86,11 +87,12 @@ class ModelRunner:
     def recent_window(self, slot: int) -> list[int]:
         return self.recent[slot].tolist()
 
-    def block_table_tensor(self, tables: list[list[int]], width: int) -> Tensor:
+    def block_table_tensor(self, tables: list[list[int]], width: int, device: torch.device | None = None
+                           ) -> Tensor:
         out = torch.full((len(tables), width), self.scratch_block, dtype=torch.long)
         for i, table in enumerate(tables):
             out[i, :len(table)] = torch.tensor(table, dtype=torch.long)
-        return out.to(self.device)
+        return out.to(device or self.device)
 
     def slot_of(self, table: list[int], position: int) -> int:
         bs = self.cfg.block_size
@@ -124,7 +126,7 @@ class ModelRunner:
 
     # -- decode -----------------------------------------------------------------------------
     def frame_inputs(self, seqs: list[Sequence], frame_offsets: list[int], pad_to: int,
-                     full_width: bool = False) -> FrameInputs:
+                     full_width: bool = False, device: torch.device | None = None) -> FrameInputs:
         """Inputs for one frame. Eager runs size block tables to the longest context in the batch;
         CUDA graphs need the fixed full width (`full_width`)."""
         n = len(seqs)
@@ -133,14 +135,15 @@ class ModelRunner:
         pad = pad_to - n
         scratch = self.scratch_block * self.cfg.block_size
         width = self.cfg.max_blocks_per_seq if full_width else -(-(max(positions) + 1) // self.cfg.block_size)
+        device = device or self.device
         def t(values: list[int]) -> Tensor:
-            return torch.tensor(values, dtype=torch.long, device=self.device)
+            return torch.tensor(values, dtype=torch.long, device=device)
         return FrameInputs(
             slots=t([s.slot for s in seqs] + [self.scratch_slot] * pad),
             positions=t(positions + [0] * pad),
             slot_mapping=t(slot_mapping + [scratch] * pad),
             block_tables=self.block_table_tensor([s.alloc.block_table[:-(-(p + 1) // self.cfg.block_size)]
-                                                  for s, p in zip(seqs, positions)] + [[]] * pad, width),
+                                                  for s, p in zip(seqs, positions)] + [[]] * pad, width, device),
             context_lens=t([p + 1 for p in positions] + [1] * pad),
             frames=t(frame_offsets + [0] * pad))
 
@@ -151,7 +154,10 @@ class ModelRunner:
         h = self.hidden[inp.slots]
         p = BatchParams(*(getattr(self.params, f)[inp.slots]
                           for f in ("temperature", "top_p", "top_k", "ras", "seed")))
-        col = sample_slow(model.slow_logits(h), p, inp.frames, self.recent[inp.slots])
+        logits = model.slow_logits(h)
+        if self.ignore_eos:
+            logits[:, -1] = float("-inf")
+        col = sample_slow(logits, p, inp.frames, self.recent[inp.slots])
         codes = self.fast_codes(h, col.clamp(max=mc.codebook_size - 1), p, inp.frames)  # [B, 10]
         grid = torch.cat([model.restricted_to_token(col)[None], codes.T])  # [11, B]
 

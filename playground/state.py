@@ -5,6 +5,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from engine.async_engine import AsyncEngine
 from engine.checkpoint import CheckpointError, resolve_model_path
 from engine.engine import Engine
@@ -56,6 +58,8 @@ def create_state(settings: Settings) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device)
     loaded = load_model_dir(resolve_or_demo(settings), device, pick_dtype(settings.dtype, device))
+    if device.type == "cpu" and loaded.demo:
+        torch.set_num_threads(1)  # tiny ops: threads only add spin-wait on small machines
     cfg = EngineConfig(max_batch=settings.max_batch, num_blocks=settings.num_blocks,
                        cuda_graphs=settings.cuda_graphs, compile=settings.compile)
     engine = AsyncEngine(Engine(loaded, cfg))

@@ -9,7 +9,8 @@ import torch
 from engine.loader import LoadedModel, load_model_dir
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 
-torch.set_num_threads(2)
+# Tiny models are fastest single-threaded, and 2 cores shared with servers under test oversubscribe.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

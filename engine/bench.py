@@ -1,0 +1,195 @@
+"""Benchmark of the serving engine (see PERFORMANCE.md).
+
+    python -m engine.bench [--preset s2-pro|tiny] [--frames 100] [--concurrency 1,2,4,8,16,32] [--json OUT]
+
+Random weights at the chosen shape, end-of-speech suppressed so every request makes the same number of
+frames, prompts of a ~20 s reference (430 frames) plus a sentence. For each concurrency it reports
+frames/s per request, aggregate frames/s, RTF, TTFT and TTFB (p50/p95, streaming vocoder included),
+and frame time ÷ floor, the floor being the bytes one frame must read (weights + KV) ÷ the device copy
+bandwidth measured in the same run. A prefix-cache-hit run (same voice for every request) follows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from engine.config import ModelConfig, s2_pro_config, tiny_config
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.loader import LoadedModel, pick_device
+from engine.models.codec import Codec, CodecConfig
+from engine.models.dual_ar import DualAR
+from engine.sampler import SamplingParams
+from engine.tokenizer import TextTokenizer
+from engine.tools.tiny_tokenizer import write_tiny_tokenizer
+
+REFERENCE_FRAMES = 430
+TEXT_TOKENS = 40
+
+
+@dataclass
+class Row:
+    concurrency: int
+    prefix_hit: bool
+    frames_per_s_per_request: float
+    aggregate_frames_per_s: float
+    rtf: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttfb_p50_ms: float
+    ttfb_p95_ms: float
+    frame_ms: float
+    floor_ms: float
+    over_floor: float
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes read + written per second by a large device-to-device copy."""
+    if device.type != "cuda":
+        return float("nan")
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 10 / (time.perf_counter() - start)
+
+
+def frame_bytes(cfg: ModelConfig, batch: int, context: int, elem: int) -> int:
+    """Weight bytes one frame reads (slow layers once, restricted head, fast layers x10) + KV reads."""
+    def layer(t) -> int:
+        return (t.dim * (t.q_size + 2 * t.kv_size) + t.q_size * t.dim + 3 * t.dim * t.intermediate_size) * elem
+    t, a = cfg.text, cfg.audio
+    weights = t.n_layer * layer(t) + (cfg.codebook_size + 1) * t.dim * elem + 10 * a.n_layer * layer(a)
+    kv = batch * context * t.n_layer * 2 * t.kv_size * elem
+    return weights + kv
+
+
+def build(preset: str, device: torch.device, tmp: Path) -> LoadedModel:
+    cfg = s2_pro_config() if preset == "s2-pro" else tiny_config()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DualAR(cfg).to(dtype)
+        codec = Codec(CodecConfig() if preset == "s2-pro" else CodecConfig.tiny()).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.02)
+    model.init_rope()
+    write_tiny_tokenizer(tmp)
+    return LoadedModel(tmp, cfg, model.eval(), codec, TextTokenizer(tmp), device, dtype)
+
+
+def make_prompt(cfg: ModelConfig, seed: int, voice_seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(voice_seed)
+    audio = torch.zeros(11, REFERENCE_FRAMES, dtype=torch.long)
+    audio[1] = torch.randint(0, 4096, (REFERENCE_FRAMES,), generator=g)
+    audio[2:] = torch.randint(0, 1024, (9, REFERENCE_FRAMES), generator=g)
+    audio[0] = audio[1] + cfg.semantic_start_token_id
+    text = torch.zeros(11, TEXT_TOKENS, dtype=torch.long)
+    text[0] = torch.randint(0, 150000, (TEXT_TOKENS,), generator=torch.Generator().manual_seed(seed))
+    return torch.cat([audio, text], dim=1)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, round_seed: int) -> tuple:
+    cfg = engine.loaded.config
+    ids = [engine.add_prompt(make_prompt(cfg, round_seed * 1000 + i,
+                                         0 if prefix_hit else round_seed * 1000 + i),
+                             SamplingParams(seed=i), frames, stream_pcm=True) for i in range(concurrency)]
+    jobs = {rid: engine.jobs[rid] for rid in ids}
+    start = time.perf_counter()
+    decode_steps, decode_time = 0, 0.0
+    while engine.has_work():
+        t0 = time.perf_counter()
+        running_before = sum(1 for s in engine.scheduler.running if not s.in_prefill)
+        engine.step()
+        if engine.graphs is not None or engine.loaded.device.type == "cuda":
+            torch.cuda.synchronize()
+        if running_before == concurrency:
+            decode_steps += 1
+            decode_time += time.perf_counter() - t0
+    wall = time.perf_counter() - start
+    times = [j.times for j in jobs.values()]
+    return times, wall, decode_time / max(decode_steps, 1)
+
+
+def bench(args: argparse.Namespace) -> list[Row]:
+    device = pick_device(args.device)
+    tmp = Path(tempfile.mkdtemp())
+    loaded = build(args.preset, device, tmp)
+    elem = torch.empty((), dtype=loaded.dtype).element_size()
+    bandwidth = copy_bandwidth(device)
+    sweep = [int(c) for c in args.concurrency.split(",")]
+    engine = Engine(loaded, EngineConfig(max_batch=max(sweep), num_blocks=args.num_blocks,
+                                         cuda_graphs=not args.eager, compile=args.compile))
+    engine.runner.ignore_eos = True
+    rows = []
+    for i, (c, hit) in enumerate([(c, False) for c in sweep] + [(c, True) for c in args.hit_concurrency]):
+        if hit:  # warm the prefix cache with the shared voice
+            run_round(engine, 1, 2, True, 999)
+        times, wall, frame_s = run_round(engine, c, args.frames, hit, i + 1)
+        context = REFERENCE_FRAMES + TEXT_TOKENS + args.frames // 2
+        floor_s = frame_bytes(loaded.config, c, context, elem) / bandwidth
+        audio = sum(t.audio_seconds for t in times)
+        rows.append(Row(c, hit, statistics.mean(t.frames_per_second for t in times),
+                        sum(t.frames for t in times) / wall, wall / (audio / c),
+                        pct([t.ttft_ms for t in times], 0.5), pct([t.ttft_ms for t in times], 0.95),
+                        pct([t.ttfb_ms for t in times], 0.5), pct([t.ttfb_ms for t in times], 0.95),
+                        frame_s * 1e3, floor_s * 1e3, frame_s / floor_s))
+    return rows
+
+
+def print_table(rows: list[Row], header: str) -> None:
+    print(header)
+    print("| conc | prefix hit | frames/s/req | aggregate frames/s | RTF | TTFT p50/p95 ms | TTFB p50/p95 ms "
+          "| frame ms | floor ms | ÷ floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.concurrency} | {'yes' if r.prefix_hit else 'no'} | {r.frames_per_s_per_request:.1f} | "
+              f"{r.aggregate_frames_per_s:.0f} | {r.rtf:.3f} | {r.ttft_p50_ms:.0f} / {r.ttft_p95_ms:.0f} | "
+              f"{r.ttfb_p50_ms:.0f} / {r.ttfb_p95_ms:.0f} | {r.frame_ms:.2f} | {r.floor_ms:.2f} | "
+              f"{r.over_floor:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["s2-pro", "tiny"], default="s2-pro")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--concurrency", default="1,2,4,8,16,32")
+    p.add_argument("--hit-concurrency", default="1", type=lambda s: [int(c) for c in s.split(",") if c])
+    p.add_argument("--num-blocks", type=int, default=None)
+    p.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--compile", action="store_true", help="torch.compile the frame before capture")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    rows = bench(args)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "
+              f"graphs {'off' if args.eager else 'on'}{' + compile' if args.compile else ''}")
+    print_table(rows, header)
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
