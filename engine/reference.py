@@ -67,8 +67,11 @@ def decode_codebooks(model: DualAR, hidden: Tensor, c0: Tensor, params: BatchPar
 
 
 @torch.inference_mode()
-def generate(model: DualAR, prompt: Tensor, params: SamplingParams, max_frames: int) -> Tensor:
-    """Generate codes [10, N] for one prompt grid [11, T]; stops at <|im_end|> (dropped) or max_frames."""
+def generate(model: DualAR, prompt: Tensor, params: SamplingParams, max_frames: int, frame_offset: int = 0
+             ) -> Tensor:
+    """Generate codes [10, N] for one prompt grid [11, T]; stops at <|im_end|> (dropped) or max_frames.
+
+    `frame_offset` numbers the frames of a later text chunk after the earlier ones (sampling counters)."""
     cfg = model.cfg
     device = model.text_model.model.embeddings.weight.device
     dtype = model.text_model.model.embeddings.weight.dtype
@@ -82,7 +85,7 @@ def generate(model: DualAR, prompt: Tensor, params: SamplingParams, max_frames: 
                                 cache.attend)[-1:]
     frames: list[Tensor] = []
     for i in range(max_frames):
-        frame = torch.full((1,), i, dtype=torch.long, device=device)
+        frame = torch.full((1,), frame_offset + i, dtype=torch.long, device=device)
         col = sample_slow(model.slow_logits(hidden), bp, frame, recent)
         if int(col) == cfg.codebook_size:  # <|im_end|>: end of speech, frame dropped
             break
