@@ -19,7 +19,7 @@ NUM_SPLITS = 8
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse_ptr, scale,
                          stride_tb, max_blocks, num_kv_heads,
                          GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         BLOCK: tl.constexpr, NUM_SPLITS: tl.constexpr):
+                         BLOCK: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -45,13 +45,13 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
         kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
         k = tl.load(k_ptr + kv_off)  # [BLOCK, D], bf16 operands with fp32 accumulation
         v = tl.load(v_ptr + kv_off)
-        logits = tl.dot(q, tl.trans(k)) * scale  # [G, BLOCK]
+        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [G, BLOCK]
         logits = tl.where((pos < length)[None, :], logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(logits - m_new[:, None])
         s = s * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
     out_off = ((b * NUM_SPLITS + split) * num_kv_heads * GROUPS + heads)
     tl.store(out_ptr + out_off[:, None] * HEAD_DIM + d[None, :], acc / s[:, None], mask=q_mask[:, None])
@@ -70,7 +70,9 @@ def paged_decode_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables:
     _paged_decode_kernel[grid](q.contiguous(), k_pool, v_pool, block_tables, context_lens, out, lse,
                                dim ** -0.5, block_tables.stride(0), block_tables.shape[1], kv_heads,
                                GROUPS=groups, GROUPS_PAD=max(16, triton.next_power_of_2(groups)),
-                               HEAD_DIM=dim, BLOCK=block, NUM_SPLITS=NUM_SPLITS)
+                               HEAD_DIM=dim, BLOCK=block, NUM_SPLITS=NUM_SPLITS,
+                               # float32 pools (tests, CPU-parity runs) must not silently use TF32
+                               PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     # Splits with no blocks hold lse = -inf (0/0 outputs); they get zero weight here.
     weights = torch.softmax(torch.nan_to_num(lse, nan=float("-inf")), dim=1)  # [B, S, H]
     merged = (torch.nan_to_num(out) * weights[..., None]).sum(dim=1)

@@ -1,0 +1,63 @@
+"""CUDA paths against the plain ones (run on the GPU machine; CI has no GPU, so these skip there)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.attention import paged_decode_reference
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.loader import load_model_dir
+from engine.reference import generate
+from engine.sampler import SamplingParams
+from tests.test_engine import random_prompt, run_engine
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="CUDA paths need a GPU; they run on the GPU machine (docs/BENCHMARKS.md)")
+
+
+@pytest.fixture(scope="module")
+def cuda_model(tiny_dir):
+    return load_model_dir(tiny_dir, torch.device("cuda"), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("groups,head_dim", [(4, 128), (2, 16)])
+def test_triton_paged_decode_matches_reference(dtype, groups, head_dim) -> None:
+    from engine.triton_attention import paged_decode_triton
+    torch.manual_seed(0)
+    kv_heads, block, num_blocks, batch = 8 if head_dim == 128 else 2, 64, 80, 5
+    k_pool = torch.randn(num_blocks, block, kv_heads, head_dim, device="cuda", dtype=dtype)
+    v_pool = torch.randn_like(k_pool)
+    q = torch.randn(batch, kv_heads * groups, head_dim, device="cuda", dtype=dtype)
+    lens = torch.tensor([1, 63, 64, 700, 1500], device="cuda")
+    tables = torch.stack([torch.randperm(num_blocks - 1, device="cuda")[:32] for _ in range(batch)])
+    got = paged_decode_triton(q, k_pool, v_pool, tables, lens)
+    want = paged_decode_reference(q.float(), k_pool.float(), v_pool.float(), tables, lens)
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4, 8])
+def test_cuda_graph_frames_equal_eager_frames(cuda_model, batch: int) -> None:
+    arrivals = [(0, random_prompt(cuda_model, 300 + i, 20, 30 + 7 * i), SamplingParams(seed=i), 16)
+                for i in range(batch)]
+    results = []
+    for graphs in (False, True):
+        engine = Engine(cuda_model, EngineConfig(num_blocks=256, block_size=16, max_batch=8,
+                                                 cuda_graphs=graphs))
+        assert (engine.graphs is not None) == graphs
+        results.append(run_engine(engine, arrivals))
+    for i in range(batch):
+        assert np.array_equal(results[0][i], results[1][i]), f"row {i}"
+
+
+def test_cuda_engine_equals_reference_loop(cuda_model) -> None:
+    arrivals = [(i, random_prompt(cuda_model, 400 + i, 16, 20), SamplingParams(seed=10 + i), 12)
+                for i in range(3)]
+    engine = Engine(cuda_model, EngineConfig(num_blocks=256, block_size=16, max_batch=4))
+    got = run_engine(engine, arrivals)
+    for i, (_, prompt, params, frames) in enumerate(arrivals):
+        want = generate(cuda_model.model, prompt, params, frames).numpy()
+        assert np.array_equal(got[i], want), f"request {i}"
