@@ -104,16 +104,19 @@ def make_prompt(cfg: ModelConfig, seed: int, voice_seed: int) -> torch.Tensor:
     return torch.cat([audio, text], dim=1)
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
+def pct(values: list[float | None], q: float) -> float:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return float("nan")
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, round_seed: int) -> tuple:
+def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, round_seed: int,
+              vocoder: bool = True) -> tuple:
     cfg = engine.loaded.config
     ids = [engine.add_prompt(make_prompt(cfg, round_seed * 1000 + i,
                                          0 if prefix_hit else round_seed * 1000 + i),
-                             SamplingParams(seed=i), frames, stream_pcm=True) for i in range(concurrency)]
+                             SamplingParams(seed=i), frames, stream_pcm=vocoder) for i in range(concurrency)]
     jobs = {rid: engine.jobs[rid] for rid in ids}
     start = time.perf_counter()
     decode_steps, decode_time = 0, 0.0
@@ -139,13 +142,20 @@ def bench(args: argparse.Namespace) -> list[Row]:
     bandwidth = copy_bandwidth(device)
     sweep = [int(c) for c in args.concurrency.split(",")]
     engine = Engine(loaded, EngineConfig(max_batch=max(sweep), num_blocks=args.num_blocks,
-                                         cuda_graphs=not args.eager, compile=args.compile))
+                                         cuda_graphs=not args.eager, compile=args.compile,
+                                         graph_batch_sizes=tuple(sweep)))
     engine.runner.ignore_eos = True
     rows = []
     for i, (c, hit) in enumerate([(c, False) for c in sweep] + [(c, True) for c in args.hit_concurrency]):
         if hit:  # warm the prefix cache with the shared voice
             run_round(engine, 1, 2, True, 999)
-        times, wall, frame_s = run_round(engine, c, args.frames, hit, i + 1)
+        if args.profile and i == 0:
+            import cProfile
+            import pstats
+            prof = cProfile.Profile()
+            prof.runcall(run_round, engine, c, args.frames, hit, 100, not args.no_vocoder)
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+        times, wall, frame_s = run_round(engine, c, args.frames, hit, i + 1, not args.no_vocoder)
         context = REFERENCE_FRAMES + TEXT_TOKENS + args.frames // 2
         floor_s = frame_bytes(loaded.config, c, context, elem) / bandwidth
         audio = sum(t.audio_seconds for t in times)
@@ -179,12 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-blocks", type=int, default=None)
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame before capture")
+    p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
+    p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     rows = bench(args)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "
-              f"graphs {'off' if args.eager else 'on'}{' + compile' if args.compile else ''}")
+              f"graphs {'off' if args.eager else 'on'}{' + compile' if args.compile else ''} · "
+              f"vocoder {'off' if args.no_vocoder else 'streaming'}")
     print_table(rows, header)
     if args.json:
         args.json.write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))

@@ -20,6 +20,7 @@ class EngineConfig:
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
     cuda_graphs: bool = True
     compile: bool = False  # torch.compile the frame before capturing it
+    graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
     max_reference_seconds: float = 30.0
 
     def __post_init__(self) -> None:
@@ -46,5 +47,7 @@ class EngineConfig:
         return max(1, budget // self.block_bytes(loaded))
 
     def graph_buckets(self) -> list[int]:
+        if self.graph_batch_sizes:
+            return sorted({min(b, self.max_batch) for b in self.graph_batch_sizes} | {self.max_batch})
         sizes = [b for b in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128) if b < self.max_batch]
         return sizes + [self.max_batch]
