@@ -162,14 +162,20 @@ class ModelRunner:
         grid = torch.cat([model.restricted_to_token(col)[None], codes.T])  # [11, B]
 
         def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            write_kv(self.k_pool[layer], self.v_pool[layer], inp.slot_mapping, k, v)
-            return self.decode_attention(q, self.k_pool[layer], self.v_pool[layer], inp.block_tables,
-                                         inp.context_lens)
+            return self.paged_attend(layer, q, k, v, inp)
 
         new_h = model.slow_forward(model.embed(grid), inp.positions, attend)
         self.hidden.index_copy_(0, inp.slots, new_h)
         self.recent.index_copy_(0, inp.slots, push_recent(self.recent[inp.slots], col))
         return torch.cat([col[:, None], codes], dim=1)
+
+    @torch.compiler.disable
+    def paged_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, inp: FrameInputs) -> Tensor:
+        """Write this frame's k/v into the pool and attend over each row's blocks. Kept out of
+        torch.compile: it mutates the multi-GB pool in place, which must never be functionalized."""
+        write_kv(self.k_pool[layer], self.v_pool[layer], inp.slot_mapping, k, v)
+        return self.decode_attention(q, self.k_pool[layer], self.v_pool[layer], inp.block_tables,
+                                     inp.context_lens)
 
     def fast_codes(self, h: Tensor, c0: Tensor, p: BatchParams, frames: Tensor) -> Tensor:
         """The fast AR over codebook positions 0..9 for a batch: h [B, dim], c0 [B] -> codes [B, 10]."""

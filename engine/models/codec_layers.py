@@ -142,17 +142,19 @@ def rope_cos_sin(positions: Tensor, head_dim: int, base: float) -> Tensor:
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]). x [B, T, H, D], rope [T, D/2, 2]."""
+    """Rotate interleaved pairs (x[2i], x[2i+1]). x [B, T, H, D]; rope [T, D/2, 2] shared by the
+    rows, or [B, T, D/2, 2] per row (streams at different positions, `engine/batched_vocoder.py`)."""
     xf = x.float().unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
-    cos, sin = rope[None, :, None, :, 0], rope[None, :, None, :, 1]
+    rope = rope if rope.ndim == 4 else rope[None]
+    cos, sin = rope[:, :, None, :, 0], rope[:, :, None, :, 1]
     x0, x1 = xf[..., 0], xf[..., 1]
     return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x)
 
 
-def window_mask(pos: int, num_new: int, window: int, device: torch.device) -> Tensor:
+def window_mask(pos: int | Tensor, num_new: int, window: int, device: torch.device) -> Tensor:
     """[num_new, window-1+num_new] bool over (past keys, new keys), the past holding the window-1
     positions before `pos` (zeros where they would fall before 0). Query j at pos+j sees positions
-    pos+j-window+1 .. pos+j that exist."""
+    pos+j-window+1 .. pos+j that exist. Per-row positions `pos` [B, 1, 1] give [B, num_new, …]."""
     past = window - 1
     q = torch.arange(num_new, device=device)[:, None] + pos
     k = torch.arange(past + num_new, device=device)[None, :] + (pos - past)

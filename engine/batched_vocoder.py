@@ -1,0 +1,130 @@
+"""Slot-batched streaming codec decode: one call decodes the next frames of any subset of streams.
+
+With continuous batching, streams join and leave at different times and sit at different positions,
+so lockstep batching (`StreamingDecoder` with B rows) does not apply. `SlotVocoder` keeps the carried
+decoder state of up to `max_slots` streams in fixed tensors indexed by slot: `state [max_slots, S]`
+packs, per row, every conv's left context, every transposed conv's previous input frames and the
+post-quantizer transformer's last `window - 1` keys/values per layer; `positions [max_slots]` counts
+the frames each row's stream has decoded. `push` gathers the listed rows, decodes them in one batched
+pass (the layer walk of `engine/vocoder.py`) and scatters their new state back; other rows are
+untouched. Shapes depend only on (B, n) and nothing syncs with the host, so `push` can be captured
+in a CUDA graph per (B, n) with static `slots` / `codes` buffers.
+
+Exact per row: upstream numbers transformer positions from 0 within each stream and its RoPE tables
+are bf16-rounded, so each row's RoPE is computed at its own positions; each row's attention mask hides
+keys before its own stream start, which covers both the zero padding of a fresh stream and any keys a
+previous stream left in the slot.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from engine.models.codec import Codec
+from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
+from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode
+
+
+@dataclass(frozen=True)
+class StateSlice:
+    """Where one layer's per-row state sits in a row of the packed state."""
+
+    start: int
+    shape: tuple[int, ...]  # per row
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def view(self, rows: Tensor) -> Tensor:
+        """rows [B, S] -> this layer's state [B, *shape], a view (writes land in `rows`)."""
+        return rows[:, self.start:self.start + self.numel].view(rows.shape[0], *self.shape)
+
+
+def _row_state_shape(module: nn.Module) -> tuple[int, ...]:
+    if isinstance(module, WindowedTransformer):
+        n_head = module.layers[0].attention.n_head
+        return (len(module.layers), 2, n_head, module.window - 1, module.head_dim)  # (layer, k|v, …)
+    return context_shape(module)
+
+
+def state_layout(codec: Codec) -> dict[nn.Module, StateSlice]:
+    """One slice per stateful decode layer (empty ones too, so every layer takes the same path)."""
+    layout, start = {}, 0
+    for top in decode_modules(codec):
+        for module in top.modules():
+            if isinstance(module, STATEFUL):
+                layout[module] = StateSlice(start, _row_state_shape(module))
+                start += layout[module].numel
+    return layout
+
+
+def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor) -> Tensor:
+    """x [B, C, n] of streams at positions pos[b] .. pos[b]+n-1 -> [B, C, n]. `kv` [B, layers, 2, H,
+    window-1, D] holds each row's keys/values of the window-1 positions before pos[b] (whatever lies
+    before its stream start is masked) and is advanced in place."""
+    h = x.transpose(1, 2)  # [B, n, C]
+    num_new = h.shape[1]
+    positions = pos[:, None] + torch.arange(num_new, device=pos.device)  # [B, n]
+    rope = rope_cos_sin(positions.flatten(), module.head_dim, module.rope_base)
+    rope = rope.unflatten(0, positions.shape)  # [B, n, D/2, 2]
+    mask = window_mask(pos[:, None, None], num_new, module.window, pos.device)[:, None]  # [B, 1, n, W-1+n]
+    for i, layer in enumerate(module.layers):
+        h, k, v = layer(h, rope, mask, kv[:, i, 0], kv[:, i, 1])  # k, v [B, H, W-1+n, D]
+        kv[:, i, 0].copy_(k[:, :, num_new:])
+        kv[:, i, 1].copy_(v[:, :, num_new:])
+    return module.norm(h).transpose(1, 2)
+
+
+class SlotVocoder:
+    """Incremental `Codec.decode` of up to `max_slots` independent streams, any subset per call."""
+
+    def __init__(self, codec: Codec, max_slots: int) -> None:
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be ≥ 1, got {max_slots}")
+        self.codec, self.max_slots = codec, max_slots
+        self.layout = state_layout(codec)
+        row_numel = sum(s.numel for s in self.layout.values())
+        device = codec.decoder.model[0].conv.weight.device
+        self.state = torch.zeros(max_slots, row_numel, dtype=codec.dtype, device=device)
+        self.positions = torch.zeros(max_slots, dtype=torch.long, device=device)  # frames decoded
+
+    def reset(self, slot: int) -> None:
+        """Start a new stream in `slot`: zero state (= the one-shot left padding), position 0."""
+        if not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot {slot} is outside 0..{self.max_slots - 1}")
+        self.state[slot].zero_()
+        self.positions[slot] = 0
+
+    @torch.inference_mode()
+    def push(self, slots: Tensor, codes: Tensor) -> Tensor:
+        """codes [B, 10, n] -> PCM [B, n·2048]: the next n frames of the stream in each of `slots`
+        [B] (distinct, in range; not checked, which would sync with the device)."""
+        self._check(slots, codes)
+        batch, num_frames = codes.shape[0], codes.shape[-1]
+        if batch == 0 or num_frames == 0:
+            return torch.zeros(batch, num_frames * self.codec.config.hop_length,
+                               dtype=self.codec.dtype, device=self.state.device)
+        rows = self.state.index_select(0, slots)  # [B, S], advanced in place by the layers
+        pos = self.positions.index_select(0, slots)  # [B]
+        audio = stream_decode(self.codec, codes, lambda module, x: self._step(module, x, rows, pos))
+        self.state.index_copy_(0, slots, rows)
+        self.positions.index_copy_(0, slots, pos + num_frames)
+        return audio
+
+    def _step(self, module: nn.Module, x: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
+        state = self.layout[module].view(rows)
+        if isinstance(module, WindowedTransformer):
+            return window_step(module, x, state, pos)
+        y, context = module.step(x, state)
+        state.copy_(context)
+        return y
+
+    def _check(self, slots: Tensor, codes: Tensor) -> None:
+        self.codec.check_codes(codes)
+        if slots.ndim != 1 or slots.dtype != torch.long or slots.shape[0] != codes.shape[0]:
+            raise ValueError(f"slots must be int64 [B] with one slot per codes row; got "
+                             f"{tuple(slots.shape)} {slots.dtype} for codes {tuple(codes.shape)}")
