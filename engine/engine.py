@@ -3,7 +3,7 @@
 A request becomes a Job: its text is split into chunks, and each chunk is one Sequence (prompt =
 system + references + earlier chunks as user/assistant turns + this chunk). `step()` asks the scheduler
 for a plan, runs prefill and one batched decode frame on the runner, turns new frames into PCM with
-each job's streaming decoder, and returns Events. Only `runner.py` touches model tensors.
+one batched streaming-vocoder call (audio_streams.py), and returns Events. Only `runner.py` touches model tensors.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from engine.audio_streams import AudioStreams
 from engine.engine_config import EngineConfig
 from engine.kv_cache import BlockManager
 from engine.loader import LoadedModel
@@ -25,7 +26,6 @@ from engine.request import Sequence, SynthesisRequest, new_request_id, now
 from engine.runner import ModelRunner, RunnerConfig
 from engine.sampler import SamplingParams
 from engine.scheduler import Scheduler
-from engine.vocoder import StreamingDecoder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ class Job:
     references: list[Reference]
     params: SamplingParams
     frames_left: int
-    decoder: StreamingDecoder | None
     times: RequestTimes
     fixed_prompt: Tensor | None = None  # add_prompt(): a ready grid, one chunk
     chunk_index: int = 0
@@ -72,6 +71,7 @@ class Engine:
         if cfg.cuda_graphs and loaded.device.type == "cuda":
             from engine.cuda_graphs import FrameGraphs
             self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
+        self.streams = AudioStreams(loaded.codec, 2 * cfg.max_batch, cfg.vocoder_group_frames)
         self.jobs: dict[int, Job] = {}
         self.pending: list[Event] = []
         self.metrics = EngineMetrics()
@@ -98,8 +98,10 @@ class Engine:
 
     def _new_job(self, chunks: list[str], refs: list[Reference], params: SamplingParams,
                  max_frames: int, stream_pcm: bool) -> Job:
-        decoder = StreamingDecoder(self.loaded.codec) if stream_pcm else None
-        return Job(new_request_id(), chunks, refs, params, max_frames, decoder, RequestTimes(now()))
+        job = Job(new_request_id(), chunks, refs, params, max_frames, RequestTimes(now()))
+        if stream_pcm:
+            self.streams.open(job.request_id)
+        return job
 
     def _reference_codes(self, ref) -> Tensor:
         if ref.codes is not None:
@@ -141,6 +143,7 @@ class Engine:
         if job is None:
             return
         self.scheduler.finish(job.seq)
+        self.streams.close(request_id)
         self.metrics.finished("aborted")
         self.pending.append(Event(request_id, finished=True, reason="aborted"))
 
@@ -177,31 +180,29 @@ class Engine:
         return self.runner.decode_frame(inp).cpu().numpy()
 
     def _advance(self, seqs: list[Sequence], rows: np.ndarray) -> list[Event]:
-        events = []
+        events, ended = [], []
         eos_col = self.loaded.config.codebook_size
         sem_start = self.loaded.config.semantic_start_token_id
         for seq, row in zip(seqs, rows):
             job = self.jobs[seq.request_id]
             if int(row[0]) == eos_col:
-                events += self._end_chunk(job, "eos")
+                ended.append((job, "eos"))
                 continue
             seq.frames.append((sem_start + int(row[0]),) + tuple(int(c) for c in row[1:]))
             job.frames_left -= 1
             job.frames_done += 1
             job.times.frame(now())
-            codes = np.asarray(row[1:], dtype=np.int64)[:, None]
-            events.append(Event(job.request_id, codes=codes, pcm=self._pcm(job, codes),
-                                chunk_index=job.chunk_index))
+            codes = np.asarray(row[1:], dtype=np.int64)
+            self.streams.add(job.request_id, codes)
+            events.append(Event(job.request_id, codes=codes[:, None], chunk_index=job.chunk_index))
             if len(seq.frames) >= seq.max_new_frames:
-                events += self._end_chunk(job, "length")
+                ended.append((job, "length"))
+        for rid, pcm in self.streams.decode(flush={job.request_id for job, _ in ended}):
+            self.jobs[rid].times.audio(now())
+            events.append(Event(rid, pcm=pcm, chunk_index=self.jobs[rid].chunk_index))
+        for job, reason in ended:
+            events += self._end_chunk(job, reason)
         return events
-
-    def _pcm(self, job: Job, codes: np.ndarray) -> np.ndarray | None:
-        if job.decoder is None:
-            return None
-        pcm = job.decoder.push(torch.from_numpy(codes).to(self.loaded.device))
-        job.times.audio(now())
-        return pcm.float().cpu().numpy()
 
     def _end_chunk(self, job: Job, reason: str) -> list[Event]:
         seq = job.seq
@@ -221,6 +222,7 @@ class Engine:
 
     def _finish(self, job: Job, reason: str, error: str | None = None) -> Event:
         del self.jobs[job.request_id]
+        self.streams.close(job.request_id)
         job.times.done(now())
         self.metrics.finished(reason, job.times, job.frames_done)
         t = job.times

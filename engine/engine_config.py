@@ -22,6 +22,7 @@ class EngineConfig:
     compile: bool = False  # torch.compile the frame before capturing it
     graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
     max_reference_seconds: float = 30.0
+    vocoder_group_frames: int = 8  # streamed audio is decoded in groups of up to this many frames
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:
@@ -30,6 +31,8 @@ class EngineConfig:
             raise ValueError("num_blocks must be positive")
         if not 0.05 <= self.gpu_memory_fraction <= 0.98:
             raise ValueError("gpu_memory_fraction must be in [0.05, 0.98]")
+        if not 1 <= self.vocoder_group_frames <= 64:
+            raise ValueError("vocoder_group_frames must be in [1, 64]")
         if self.max_reference_seconds <= 0:
             raise ValueError("max_reference_seconds must be positive")
 

@@ -1,0 +1,77 @@
+"""Turns each request's new frames into PCM with one batched SlotVocoder call per step.
+
+A streaming request gets a vocoder row for its whole life (across text chunks). Its first frame is
+decoded at once (time to first audio); later frames are decoded in growing groups (1, 2, 4, ... up to
+`group_frames`), which keeps the number of decoder launches per step small at any concurrency while
+the audio already out always covers the time until the next group. Rows with the same number of
+pending frames share one call.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.batched_vocoder import SlotVocoder
+from engine.models.codec import Codec
+
+
+@dataclass
+class _Stream:
+    row: int = -1
+    pending: list[np.ndarray] = field(default_factory=list)  # [10] codes per frame
+    pushes: int = 0
+
+    def due(self, group_frames: int) -> bool:
+        return len(self.pending) >= min(2 ** self.pushes, group_frames)
+
+
+class AudioStreams:
+    def __init__(self, codec: Codec, max_rows: int, group_frames: int) -> None:
+        self.vocoder = SlotVocoder(codec, max_rows)
+        self.device = next(codec.parameters()).device
+        self.group_frames = group_frames
+        self.free_rows = list(range(max_rows - 1, -1, -1))
+        self.streams: dict[int, _Stream] = {}
+
+    def open(self, request_id: int) -> None:
+        self.streams[request_id] = _Stream()
+
+    def close(self, request_id: int) -> None:
+        stream = self.streams.pop(request_id, None)
+        if stream is not None and stream.row >= 0:
+            self.free_rows.append(stream.row)
+
+    def add(self, request_id: int, codes: np.ndarray) -> None:
+        stream = self.streams.get(request_id)
+        if stream is not None:
+            stream.pending.append(codes)
+
+    def decode(self, flush: set[int]) -> list[tuple[int, np.ndarray]]:
+        """PCM for every stream whose next group is due (or that is in `flush`)."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for rid, stream in self.streams.items():
+            if stream.pending and (rid in flush or stream.due(self.group_frames)) and self._row(stream):
+                groups[len(stream.pending)].append(rid)
+        out = []
+        for rids in groups.values():
+            out += self._push(rids)
+        return out
+
+    def _row(self, stream: _Stream) -> bool:
+        if stream.row < 0 and self.free_rows:
+            stream.row = self.free_rows.pop()
+            self.vocoder.reset(stream.row)
+        return stream.row >= 0  # no row free: the frames wait for one
+
+    def _push(self, rids: list[int]) -> list[tuple[int, np.ndarray]]:
+        streams = [self.streams[r] for r in rids]
+        slots = torch.tensor([s.row for s in streams], dtype=torch.long, device=self.device)
+        codes = torch.from_numpy(np.stack([np.stack(s.pending, axis=1) for s in streams])).to(self.device)
+        pcm = self.vocoder.push(slots, codes).float().cpu().numpy()  # [B, n * 2048]
+        for s in streams:
+            s.pending.clear()
+            s.pushes += 1
+        return list(zip(rids, pcm))
