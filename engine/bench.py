@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows = bench(args)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "
