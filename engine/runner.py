@@ -17,7 +17,8 @@ from engine.attention import (PrefillSegment, dense_attention, paged_decode_refe
                               write_kv)
 from engine.models.dual_ar import DualAR
 from engine.request import Sequence
-from engine.sampler import RAS_WINDOW, BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+from engine.sampler import (RAS_WINDOW, BatchParams, SamplingParams, index_hash, push_recent, sample_fast,
+                            sample_slow)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class ModelRunner:
         self.hidden = torch.zeros(rows, t.dim, dtype=self.dtype, device=self.device)
         self.recent = torch.full((rows, RAS_WINDOW), -1, dtype=torch.long, device=self.device)
         self.params = BatchParams.build([SamplingParams()] * rows, self.device)
+        for vocab in (mc.codebook_size, mc.codebook_size + 1):  # before any capture or compile
+            index_hash(vocab, self.device)
         self.ignore_eos = False  # benchmarks: every sequence runs to its frame budget
         self.decode_attention = paged_decode_reference
         if self.device.type == "cuda":

@@ -45,20 +45,36 @@ class SamplingParams:
 
 
 def _hash32(x: Tensor) -> Tensor:
-    """A 32-bit integer mixer (lowbias32) on int64 tensors holding values < 2**32."""
+    """A 32-bit integer mixer on int64 tensors holding values < 2**32. Both multipliers are < 2**31,
+    so no product leaves the int64 range on any backend."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
     x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & _MASK32
+    x = (x * 0x5BD1E995) & _MASK32
     return x ^ (x >> 16)
+
+
+_INDEX_HASH: dict[tuple[str, int], Tensor] = {}
+
+
+def index_hash(vocab: int, device: torch.device | str) -> Tensor:
+    """Per-vocabulary-index hashes [vocab], computed eagerly once per device.
+
+    Kept as data (not recomputed from an arange inside the frame) because torch.compile lowers
+    arange arithmetic to 32-bit index math, where the mixing products would overflow.
+    """
+    key = (str(torch.device(device)), vocab)
+    if key not in _INDEX_HASH:
+        idx = torch.arange(vocab, dtype=torch.int64, device=device)
+        _INDEX_HASH[key] = _hash32((idx * 0x2545F491) & _MASK32)
+    return _INDEX_HASH[key]
 
 
 def exponential_noise(seed: Tensor, counter: Tensor, vocab: int) -> Tensor:
     """Exp(1) noise [B, vocab] from int64 seed [B] and counter [B]; deterministic on any device."""
     key = _hash32((seed & _MASK32) ^ _hash32((seed >> 32) & _MASK32))
     key = _hash32(key ^ _hash32(counter & _MASK32))
-    idx = torch.arange(vocab, device=seed.device, dtype=torch.int64)
-    bits = _hash32((key[:, None] + idx[None, :] * 0x9E3779B1) & _MASK32)
+    bits = _hash32(key[:, None] ^ index_hash(vocab, seed.device)[None, :])
     uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0
     return -torch.log(uniform)
 
