@@ -16,9 +16,13 @@ from engine.models.layers import sdpa_gqa
 
 
 def write_kv(k_pool: Tensor, v_pool: Tensor, slot_mapping: Tensor, k: Tensor, v: Tensor) -> None:
-    """Store k/v [N, KVH, D] at flat pool slots [N]."""
-    k_pool.view(-1, *k_pool.shape[2:]).index_copy_(0, slot_mapping, k)
-    v_pool.view(-1, *v_pool.shape[2:]).index_copy_(0, slot_mapping, v)
+    """Store k/v [N, KVH, D] at flat pool slots [N] (block * block_size + offset).
+
+    A direct index_put_ on the pool tensor, the form torch.compile keeps in place."""
+    block_size = k_pool.shape[1]
+    blocks, offsets = slot_mapping // block_size, slot_mapping % block_size
+    k_pool[blocks, offsets] = k
+    v_pool[blocks, offsets] = v
 
 
 def gather_seq(pool: Tensor, block_table: Tensor, length: int) -> Tensor:

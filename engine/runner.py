@@ -59,9 +59,11 @@ class ModelRunner:
         t, a = mc.text, mc.audio
         # One extra scratch block and one extra scratch slot absorb the writes of padded rows.
         self.scratch_block = cfg.num_blocks
-        pool = (t.n_layer, cfg.num_blocks + 1, cfg.block_size, t.n_local_heads, t.head_dim)
-        self.k_pool = torch.zeros(pool, dtype=self.dtype, device=self.device)
-        self.v_pool = torch.zeros(pool, dtype=self.dtype, device=self.device)
+        # One tensor per layer: in-place writes then hit a whole buffer, never a view of a shared one,
+        # which torch.compile would otherwise functionalize into copies of the pool.
+        pool = (cfg.num_blocks + 1, cfg.block_size, t.n_local_heads, t.head_dim)
+        self.k_pools = [torch.zeros(pool, dtype=self.dtype, device=self.device) for _ in range(t.n_layer)]
+        self.v_pools = [torch.zeros(pool, dtype=self.dtype, device=self.device) for _ in range(t.n_layer)]
         fast = (a.n_layer, cfg.max_batch, mc.num_codebooks, a.n_local_heads, a.head_dim)
         self.k_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
         self.v_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
@@ -116,8 +118,8 @@ class ModelRunner:
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
 
         def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-            write_kv(self.k_pool[layer], self.v_pool[layer], slot_mapping, k, v)
-            return prefill_attention(q, self.k_pool[layer], self.v_pool[layer], segments)
+            write_kv(self.k_pools[layer], self.v_pools[layer], slot_mapping, k, v)
+            return prefill_attention(q, self.k_pools[layer], self.v_pools[layer], segments)
 
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         hidden = self.model.slow_forward(self.model.embed(grid), pos, attend)
@@ -172,12 +174,10 @@ class ModelRunner:
         self.recent.index_copy_(0, inp.slots, push_recent(self.recent[inp.slots], col))
         return torch.cat([col[:, None], codes], dim=1)
 
-    @torch.compiler.disable
     def paged_attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, inp: FrameInputs) -> Tensor:
-        """Write this frame's k/v into the pool and attend over each row's blocks. Kept out of
-        torch.compile: it mutates the multi-GB pool in place, which must never be functionalized."""
-        write_kv(self.k_pool[layer], self.v_pool[layer], inp.slot_mapping, k, v)
-        return self.decode_attention(q, self.k_pool[layer], self.v_pool[layer], inp.block_tables,
+        """Write this frame's k/v into the layer's pool and attend over each row's blocks."""
+        write_kv(self.k_pools[layer], self.v_pools[layer], inp.slot_mapping, k, v)
+        return self.decode_attention(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
                                      inp.context_lens)
 
     def fast_codes(self, h: Tensor, c0: Tensor, p: BatchParams, frames: Tensor) -> Tensor:
