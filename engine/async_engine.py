@@ -78,9 +78,11 @@ class AsyncEngine:
         fut: Future = Future()
 
         def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return  # the caller gave up before the command ran
             try:
                 fut.set_result(fn(self.engine))
-            except BaseException as exc:
+            except Exception as exc:
                 fut.set_exception(exc)
         self._commands.put(run)
         return fut
@@ -106,7 +108,14 @@ class AsyncEngine:
             holder["id"] = rid
             return rid
 
-        rid = await self.run(add)
+        fut = self.call(add)
+        try:
+            rid = await asyncio.shield(asyncio.wrap_future(fut))
+        except asyncio.CancelledError:
+            # Cancelled while the request was being added: make sure it does not run unheard.
+            fut.add_done_callback(lambda f: f.exception() is None and self.call(
+                lambda engine: self._drop(engine, f.result())))
+            raise
         finished = False
         try:
             while True:
@@ -121,9 +130,15 @@ class AsyncEngine:
                 yield AudioChunk(rid, ev.pcm if ev.pcm is not None else np.zeros(0, np.float32),
                                  ev.codes if ev.codes is not None else np.zeros((10, 0), np.int64))
         finally:
-            self._listeners.pop(rid, None)
             if not finished:
-                self.call(lambda engine: engine.abort(rid))
+                self.call(lambda engine: self._drop(engine, rid))
+            else:
+                self._listeners.pop(rid, None)
+
+    def _drop(self, engine: Engine, rid: int) -> None:
+        """Abort a request nobody listens to any more (runs on the device thread)."""
+        self._listeners.pop(rid, None)
+        engine.abort(rid)
 
     @staticmethod
     def _stats(ev: Event) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class ModelRunner:
             context_lens=t([p + 1 for p in positions] + [1] * pad),
             frames=t(frame_offsets + [0] * pad))
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: torch.compile cannot trace frames that run under it
     def decode_frame(self, inp: FrameInputs) -> Tensor:
         """One frame for every row: returns [B, 11] = (restricted slow column, c0..c9)."""
         model, mc = self.model, self.model.cfg
