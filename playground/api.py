@@ -1,0 +1,72 @@
+"""The OpenAI-compatible API on the playground's app: `install(app, state)` adds everything.
+
+Routes: POST /v1/audio/speech (api_speech), /v1/voices... (api_voices), GET /v1/models here,
+GET /health and GET /metrics (api_metrics). The gate middleware (api_gate) does bearer-key auth and
+the body-size limit for /v1; api_errors makes every error OpenAI-shaped. docs/API.md is the guide.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+
+from playground import api_metrics, api_speech, api_voices
+from playground.api_errors import APIError, install_handlers
+from playground.api_gate import ApiGate
+from playground.api_metrics import MODEL_ID, ApiCounters
+from playground.state import AppState
+
+MODEL_CREATED = 1767225600  # 2026-01-01: a fixed timestamp, as OpenAI's model objects carry one
+
+
+def model_json() -> dict[str, Any]:
+    return {"id": MODEL_ID, "object": "model", "created": MODEL_CREATED, "owned_by": "fishaudio"}
+
+
+def models_router() -> APIRouter:
+    r = APIRouter(prefix="/v1/models")
+
+    @r.get("")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_json()]}
+
+    @r.get("/{model_id}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id != MODEL_ID:
+            raise APIError(404, f"The model {model_id!r} does not exist; this server serves {MODEL_ID!r}.",
+                           param="model", code="model_not_found")
+        return model_json()
+
+    return r
+
+
+def fallback_router(routers: list[APIRouter]) -> APIRouter:
+    """Unknown /v1 paths and methods get OpenAI-shaped 404/405s here, before the playground mounted
+    at / could answer them with its own pages. `routers` are the real ones, for the 405's Allow list."""
+    routes = [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
+    r = APIRouter()
+
+    @r.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                 include_in_schema=False)
+    async def unknown_route(request: Request, rest: str) -> None:
+        path = request.scope["path"]
+        allowed = sorted({m for route in routes if route.path_regex.fullmatch(path) for m in route.methods})
+        if allowed:
+            raise APIError(405, f"Method {request.method} is not allowed on {path}; use {', '.join(allowed)}.",
+                           code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
+        raise APIError(404, f"Unknown API route: {request.method} {path} (see docs/API.md).", code="not_found")
+
+    return r
+
+
+def install(app: FastAPI, state: AppState) -> None:
+    counters = ApiCounters()
+    install_handlers(app)
+    app.add_middleware(ApiGate, api_key=state.settings.api_key, max_body_mb=state.settings.max_upload_mb,
+                       counters=counters)
+    routers = [api_speech.router(state), api_voices.router(state, counters), models_router(),
+               api_metrics.router(state, counters)]
+    for router in routers:
+        app.include_router(router)
+    app.include_router(fallback_router(routers))  # last: after every real /v1 route
