@@ -45,7 +45,8 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
         kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
         k = tl.load(k_ptr + kv_off)  # [BLOCK, D], bf16 operands with fp32 accumulation
         v = tl.load(v_ptr + kv_off)
-        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [G, BLOCK]
+        # Cast after scaling: under torch.compile a Python float arrives as fp64.
+        logits = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)  # [G, BLOCK]
         logits = tl.where((pos < length)[None, :], logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
         alpha = tl.exp(m - m_new)
