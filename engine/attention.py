@@ -46,14 +46,18 @@ def prefill_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, segments: list[
     """
     outs, offset = [], 0
     for seg in segments:
-        total = seg.start + seg.num_tokens
-        k = gather_seq(k_pool, seg.block_table, total)
-        v = gather_seq(v_pool, seg.block_table, total)
-        q_pos = torch.arange(seg.start, total, device=q.device)[:, None]
-        mask = torch.arange(total, device=q.device)[None, :] <= q_pos
-        outs.append(sdpa_gqa(q[offset:offset + seg.num_tokens], k, v, mask))
+        outs.append(_segment_attention(q[offset:offset + seg.num_tokens], k_pool, v_pool, seg))
         offset += seg.num_tokens
     return torch.cat(outs)
+
+
+def _segment_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, seg: PrefillSegment) -> Tensor:
+    total = seg.start + seg.num_tokens
+    k = gather_seq(k_pool, seg.block_table, total)
+    v = gather_seq(v_pool, seg.block_table, total)
+    q_pos = torch.arange(seg.start, total, device=q.device)[:, None]
+    mask = torch.arange(total, device=q.device)[None, :] <= q_pos
+    return sdpa_gqa(q, k, v, mask)
 
 
 def paged_decode_reference(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor,

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from engine.config import TransformerConfig
+
+# Prompt lengths differ per request and cuDNN attention builds a new plan for every new shape (tens of
+# milliseconds each): stay on the shape-agnostic kernels.
+_SDPA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
 class Attend(Protocol):
@@ -119,6 +125,7 @@ def sdpa_gqa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # query head h reads kv head h // groups
     v = v.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                         attn_mask=mask)
+    with sdpa_kernel(_SDPA_BACKENDS):
+        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                             attn_mask=mask)
     return out.transpose(0, 1)
