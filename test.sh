@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup_env.sh --test
+# The suite runs tiny models and several servers on small machines: one math thread each avoids
+# oversubscribing the cores (set OMP_NUM_THREADS to override).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec .venv/bin/python -m pytest "$@"

@@ -8,6 +8,7 @@ pending frames share one call.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ class AudioStreams:
     def __init__(self, codec: Codec, max_rows: int, group_frames: int) -> None:
         self.vocoder = SlotVocoder(codec, max_rows)
         self.device = next(codec.parameters()).device
+        self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.group_frames = group_frames
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.streams: dict[int, _Stream] = {}
@@ -49,6 +51,10 @@ class AudioStreams:
         if stream is not None:
             stream.pending.append(codes)
 
+    def starting(self) -> set[int]:
+        """Streams whose first frame waits: decoded without delay for time to first audio."""
+        return {rid for rid, s in self.streams.items() if s.pushes == 0 and s.pending}
+
     def decode(self, flush: set[int]) -> list[tuple[int, np.ndarray]]:
         """PCM for every stream whose next group is due (or that is in `flush`)."""
         groups: dict[int, list[int]] = defaultdict(list)
@@ -56,9 +62,14 @@ class AudioStreams:
             if stream.pending and (rid in flush or stream.due(self.group_frames)) and self._row(stream):
                 groups[len(stream.pending)].append(rid)
         out = []
-        for rids in groups.values():
-            out += self._push(rids)
+        with self._side_stream():
+            for rids in groups.values():
+                out += self._push(rids)
         return out
+
+    def _side_stream(self) -> contextlib.AbstractContextManager:
+        """On CUDA the vocoder runs on its own stream, so it overlaps the AR frame queued before it."""
+        return torch.cuda.stream(self.side) if self.side is not None else contextlib.nullcontext()
 
     def _row(self, stream: _Stream) -> bool:
         if stream.row < 0 and self.free_rows:

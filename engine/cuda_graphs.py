@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import torch
 
 from engine.request import Sequence
@@ -54,7 +53,8 @@ class FrameGraphs:
     def bucket_for(self, batch: int) -> int:
         return next(b for b in self.buckets if b >= batch)
 
-    def run(self, seqs: list[Sequence], frame_offsets: list[int]) -> np.ndarray:
+    def launch(self, seqs: list[Sequence], frame_offsets: list[int]) -> torch.Tensor:
+        """Replay the frame for `seqs` without waiting; returns the [B, 11] device output."""
         bucket = self.bucket_for(len(seqs))
         graph, static, out = self.graphs[bucket]
         host = self.runner.frame_inputs(seqs, frame_offsets, bucket, full_width=True,
@@ -62,4 +62,4 @@ class FrameGraphs:
         for name in ("slots", "positions", "slot_mapping", "block_tables", "context_lens", "frames"):
             getattr(static, name).copy_(getattr(host, name), non_blocking=True)
         graph.replay()
-        return out[:len(seqs)].cpu().numpy()
+        return out[:len(seqs)]

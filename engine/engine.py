@@ -167,17 +167,28 @@ class Engine:
             for seq in plan.decode:
                 if not seq.frames:
                     self.runner.start_sequence(seq.slot, self.jobs[seq.request_id].params, [])
-            rows = self._decode(plan.decode)
-            events += self._advance(plan.decode, rows)
+            frame = self._launch_frame(plan.decode)
+        # Audio of earlier frames is decoded while the GPU runs this frame (a second CUDA stream).
+        events += self._vocode(flush=set())
+        if plan.decode:
+            events += self._advance(plan.decode, frame.cpu().numpy())
         self.metrics.step(len(plan.decode), self.blocks)
         return events
 
-    def _decode(self, seqs: list[Sequence]) -> np.ndarray:
+    def _launch_frame(self, seqs: list[Sequence]) -> Tensor:
+        """Queue one decode frame on the device; returns its [B, 11] output without waiting for it."""
         offsets = [s.frame_offset + len(s.frames) for s in seqs]
         if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
-            return self.graphs.run(seqs, offsets)
+            return self.graphs.launch(seqs, offsets)
         inp = self.runner.frame_inputs(seqs, offsets, len(seqs))
-        return self.runner.decode_frame(inp).cpu().numpy()
+        return self.runner.decode_frame(inp)
+
+    def _vocode(self, flush: set[int]) -> list[Event]:
+        events = []
+        for rid, pcm in self.streams.decode(flush):
+            self.jobs[rid].times.audio(now())
+            events.append(Event(rid, pcm=pcm, chunk_index=self.jobs[rid].chunk_index))
+        return events
 
     def _advance(self, seqs: list[Sequence], rows: np.ndarray) -> list[Event]:
         events, ended = [], []
@@ -197,9 +208,9 @@ class Engine:
             events.append(Event(job.request_id, codes=codes[:, None], chunk_index=job.chunk_index))
             if len(seq.frames) >= seq.max_new_frames:
                 ended.append((job, "length"))
-        for rid, pcm in self.streams.decode(flush={job.request_id for job, _ in ended}):
-            self.jobs[rid].times.audio(now())
-            events.append(Event(rid, pcm=pcm, chunk_index=self.jobs[rid].chunk_index))
+        # A stream's first frame is decoded at once (time to first audio), and so is everything of a
+        # stream whose chunk ended; the rest waits for the next step, overlapping the next frame.
+        events += self._vocode(flush={job.request_id for job, _ in ended} | self.streams.starting())
         for job, reason in ended:
             events += self._end_chunk(job, reason)
         return events
