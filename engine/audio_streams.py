@@ -30,13 +30,29 @@ class _Stream:
 
 
 class AudioStreams:
-    def __init__(self, codec: Codec, max_rows: int, group_frames: int) -> None:
-        self.vocoder = SlotVocoder(codec, max_rows)
+    def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True) -> None:
+        # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
+        # handful of shapes (each new conv shape costs a slow first call on the GPU).
+        self.vocoder = SlotVocoder(codec, max_rows + 1)
+        self.scratch_row = max_rows
+        self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_rows] + [max_rows]
         self.device = next(codec.parameters()).device
-        self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        cuda = self.device.type == "cuda"
+        self.side = torch.cuda.Stream(self.device) if cuda and overlap else None
+        self.pad = cuda
         self.group_frames = group_frames
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.streams: dict[int, _Stream] = {}
+
+    def warm_up(self) -> None:
+        """Run every (rows, frames) shape the streams will use once, on the scratch row."""
+        for rows in self.buckets:
+            n = 1
+            while n <= self.group_frames:
+                slots = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
+                self.vocoder.push(slots, torch.zeros(rows, 10, n, dtype=torch.long, device=self.device))
+                n *= 2
+        self.vocoder.reset(self.scratch_row)
 
     def open(self, request_id: int) -> None:
         self.streams[request_id] = _Stream()
@@ -79,9 +95,15 @@ class AudioStreams:
 
     def _push(self, rids: list[int]) -> list[tuple[int, np.ndarray]]:
         streams = [self.streams[r] for r in rids]
-        slots = torch.tensor([s.row for s in streams], dtype=torch.long, device=self.device)
-        codes = torch.from_numpy(np.stack([np.stack(s.pending, axis=1) for s in streams])).to(self.device)
-        pcm = self.vocoder.push(slots, codes).float().cpu().numpy()  # [B, n * 2048]
+        rows = [s.row for s in streams]
+        codes = np.stack([np.stack(s.pending, axis=1) for s in streams])  # [B, 10, n]
+        if self.pad:
+            extra = next(b for b in self.buckets if b >= len(rows)) - len(rows)
+            rows += [self.scratch_row] * extra
+            codes = np.concatenate([codes, np.zeros((extra, *codes.shape[1:]), np.int64)])
+        slots = torch.tensor(rows, dtype=torch.long, device=self.device)
+        pcm = self.vocoder.push(slots, torch.from_numpy(codes).to(self.device))
+        pcm = pcm[:len(streams)].float().cpu().numpy()  # [B, n * 2048]
         for s in streams:
             s.pending.clear()
             s.pushes += 1

@@ -144,7 +144,8 @@ def bench(args: argparse.Namespace) -> list[Row]:
     sweep = [int(c) for c in args.concurrency.split(",")]
     engine = Engine(loaded, EngineConfig(max_batch=max(sweep), num_blocks=args.num_blocks,
                                          cuda_graphs=not args.eager, compile=args.compile,
-                                         graph_batch_sizes=tuple(sweep)))
+                                         graph_batch_sizes=tuple(sweep),
+                                         overlap_vocoder=not args.no_overlap))
     engine.runner.ignore_eos = True
     rows = []
     for i, (c, hit) in enumerate([(c, False) for c in sweep] + [(c, True) for c in args.hit_concurrency]):
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame before capture")
     p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
+    p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "
               f"graphs {'off' if args.eager else 'on'}{' + compile' if args.compile else ''} · "
-              f"vocoder {'off' if args.no_vocoder else 'streaming'}")
+              f"vocoder {'off' if args.no_vocoder else 'streaming'}"
+              f"{'' if args.no_vocoder or args.no_overlap else ', overlapped'}")
     print_table(rows, header)
     if args.json:
         args.json.write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))

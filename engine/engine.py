@@ -71,7 +71,10 @@ class Engine:
         if cfg.cuda_graphs and loaded.device.type == "cuda":
             from engine.cuda_graphs import FrameGraphs
             self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
-        self.streams = AudioStreams(loaded.codec, 2 * cfg.max_batch, cfg.vocoder_group_frames)
+        self.streams = AudioStreams(loaded.codec, 2 * cfg.max_batch, cfg.vocoder_group_frames,
+                                    cfg.overlap_vocoder)
+        if loaded.device.type == "cuda":
+            self.streams.warm_up()
         self.jobs: dict[int, Job] = {}
         self.pending: list[Event] = []
         self.metrics = EngineMetrics()

@@ -23,6 +23,7 @@ class EngineConfig:
     graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
     max_reference_seconds: float = 30.0
     vocoder_group_frames: int = 8  # streamed audio is decoded in groups of up to this many frames
+    overlap_vocoder: bool = True  # CUDA: decode audio on a second stream, overlapping the next frame
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:
