@@ -135,6 +135,32 @@ def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, r
     return times, wall, decode_time / max(decode_steps, 1)
 
 
+def breakdown(engine: Engine, concurrency: int, frames: int, prefix_hit: bool) -> str:
+    """One more round with each phase timed to completion (device synchronized around it)."""
+    spent: dict[str, list[float]] = {}
+
+    def timed(name: str, fn):
+        def wrapper(*a, **kw):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            torch.cuda.synchronize()
+            spent.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+            return out
+        return wrapper
+
+    originals = engine.runner.prefill, engine._launch_frame, engine.streams.decode
+    engine.runner.prefill = timed("prefill", originals[0])
+    engine._launch_frame = timed("frame", originals[1])
+    engine.streams.decode = timed("vocoder", originals[2])
+    try:
+        run_round(engine, concurrency, frames, prefix_hit, 77)
+    finally:
+        engine.runner.prefill, engine._launch_frame, engine.streams.decode = originals
+    parts = [f"{k} {statistics.mean(v):.2f} ms x{len(v)}" for k, v in spent.items()]
+    return f"breakdown conc {concurrency}{' (prefix hit)' if prefix_hit else ''}: " + ", ".join(parts)
+
+
 def bench(args: argparse.Namespace) -> list[Row]:
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp())
@@ -166,6 +192,8 @@ def bench(args: argparse.Namespace) -> list[Row]:
                         pct([t.ttft_ms for t in times], 0.5), pct([t.ttft_ms for t in times], 0.95),
                         pct([t.ttfb_ms for t in times], 0.5), pct([t.ttfb_ms for t in times], 0.95),
                         frame_s * 1e3, floor_s * 1e3, frame_s / floor_s))
+        if args.breakdown and device.type == "cuda":
+            print(breakdown(engine, c, args.frames, hit), flush=True)
     return rows
 
 
@@ -192,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--compile", action="store_true", help="torch.compile the frame before capture")
     p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
+    p.add_argument("--breakdown", action="store_true", help="also time prefill/frame/vocoder per round")
     p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     p.add_argument("--json", type=Path, default=None)
