@@ -49,18 +49,36 @@ def test_real_shape_on_meta_device_matches_published_checkpoint() -> None:
 
 def test_rope_is_interleaved_pairs_with_bf16_tables() -> None:
     table = rope_table(64, 16, 1e6)
-    assert table.dtype == torch.bfloat16 and table.shape == (64, 8, 2)
+    assert table.dtype == torch.complex64 and table.shape == (64, 8)
     x = torch.randn(5, 3, 16)
     pos = torch.tensor([0, 1, 7, 33, 63])
     out = apply_rope(x, table[pos])
-    # Reference: complex rotation of (x[2i], x[2i+1]) by the bf16-rounded angle table.
+    # Reference written out by hand: pair (x[2i], x[2i+1]) rotated by the bf16-rounded angle table.
     inv = 1.0 / (1e6 ** (torch.arange(0, 16, 2).float() / 16))
     ang = torch.outer(pos.float(), inv)
-    rot = torch.complex(ang.cos().bfloat16().float(), ang.sin().bfloat16().float())
-    xc = torch.view_as_complex(x.unflatten(-1, (8, 2)).contiguous())
-    want = torch.view_as_real(xc * rot[:, None, :]).flatten(-2)
+    cos, sin = ang.cos().bfloat16().float(), ang.sin().bfloat16().float()
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    want = torch.empty_like(x)
+    want[..., 0::2] = x0 * cos[:, None] - x1 * sin[:, None]
+    want[..., 1::2] = x1 * cos[:, None] + x0 * sin[:, None]
     torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
-    assert not torch.allclose(table.float(), torch.stack([ang.cos(), ang.sin()], -1)[:1].expand(64, 8, 2))
+    # The tables really are bf16-rounded (fp32 tables differ from them).
+    assert not torch.equal(table.real[pos], ang.cos())
+    # Rotate-half (the other common convention) gives a different result.
+    half = torch.cat([x[..., :8] * cos[:, None] - x[..., 8:] * sin[:, None],
+                      x[..., 8:] * cos[:, None] + x[..., :8] * sin[:, None]], dim=-1)
+    assert not torch.allclose(out, half, atol=1e-3)
+
+
+def test_rms_norm_is_float32_then_cast_then_weighted() -> None:
+    from engine.models.layers import RMSNorm
+    norm = RMSNorm(8, 1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = (torch.randn(3, 8) * 5).bfloat16()
+    xf = x.float()
+    want = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16() * norm.weight
+    torch.testing.assert_close(norm(x), want)
 
 
 def test_embedding_scales_audio_positions_by_sqrt_11() -> None:

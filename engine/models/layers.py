@@ -36,28 +36,27 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # x * rsqrt(mean(x^2) + eps) in float32 (one fused kernel where the backend has it)
+        xf = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return xf.type_as(x) * self.weight
 
 
 def rope_table(max_positions: int, head_dim: int, base: float, device: torch.device | None = None
                ) -> Tensor:
-    """cos/sin table [max_positions, head_dim/2, 2], rounded to bfloat16 as the model was trained."""
+    """Rotations [max_positions, head_dim/2] as complex64 whose cos/sin are rounded to bfloat16, as the
+    model was trained (fp32 tables give garbled audio)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
     angles = torch.outer(torch.arange(max_positions, device=device).float(), inv_freq)
-    table = torch.stack([angles.cos(), angles.sin()], dim=-1)
-    return table.to(torch.bfloat16)
+    cos, sin = angles.cos().bfloat16().float(), angles.sin().bfloat16().float()
+    return torch.complex(cos, sin)
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) in float32. x [N, H, D], rope [N, D/2, 2]."""
-    xf = x.float().unflatten(-1, (-1, 2))  # [N, H, D/2, 2]
-    cos = rope[:, None, :, 0].float()
-    sin = rope[:, None, :, 1].float()
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate interleaved pairs (x[2i], x[2i+1]) as complex numbers, in float32.
+
+    x [N, H, D]; rope [N, D/2] complex (each row's position)."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [N, H, D/2]
+    return torch.view_as_real(xc * rope[:, None, :]).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
