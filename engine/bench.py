@@ -25,7 +25,7 @@ import torch
 from engine.config import ModelConfig, s2_pro_config, tiny_config
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
-from engine.loader import LoadedModel, pick_device
+from engine.loader import LoadedModel, codec_dtype, pick_device
 from engine.models.codec import Codec, CodecConfig
 from engine.models.dual_ar import DualAR
 from engine.sampler import SamplingParams
@@ -84,7 +84,8 @@ def build(preset: str, device: torch.device, tmp: Path) -> LoadedModel:
     torch.manual_seed(0)
     with torch.device(device):
         model = DualAR(cfg).to(dtype)
-        codec = Codec(CodecConfig() if preset == "s2-pro" else CodecConfig.tiny()).eval()
+        codec = Codec(CodecConfig() if preset == "s2-pro" else CodecConfig.tiny()).to(codec_dtype(device))
+    codec = codec.eval().requires_grad_(False)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if not name.endswith("norm.weight"):
