@@ -9,6 +9,7 @@ pending frames share one call.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ import torch
 
 from engine.batched_vocoder import SlotVocoder
 from engine.models.codec import Codec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,16 +46,35 @@ class AudioStreams:
         self.group_frames = group_frames
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.streams: dict[int, _Stream] = {}
+        self.graphs: dict[tuple[int, int], tuple] = {}  # (rows, frames) -> graph, inputs, output
+        self.graph_pool = torch.cuda.graph_pool_handle() if cuda else None
 
     def warm_up(self) -> None:
-        """Run every (rows, frames) shape the streams will use once, on the scratch row."""
+        """CUDA: capture a graph of every (rows, frames) shape the streams will use, on the scratch
+        row (a first conv call per shape is slow, and eager pushes are launch-bound)."""
         for rows in self.buckets:
             n = 1
             while n <= self.group_frames:
-                slots = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
-                self.vocoder.push(slots, torch.zeros(rows, 10, n, dtype=torch.long, device=self.device))
+                self._capture(rows, n)
                 n *= 2
         self.vocoder.reset(self.scratch_row)
+
+    def _capture(self, rows: int, n: int) -> None:
+        slots = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
+        codes = torch.zeros(rows, 10, n, dtype=torch.long, device=self.device)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self.vocoder.push(slots, codes)  # warm-up outside the graph
+        torch.cuda.current_stream().wait_stream(stream)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.graph_pool):
+                out = self.vocoder.push(slots, codes)
+        except RuntimeError as exc:  # keep serving eagerly rather than not at all
+            log.warning("vocoder graph for %d rows x %d frames not captured: %s", rows, n, exc)
+            return
+        self.graphs[(rows, n)] = (graph, slots, codes, out)
 
     def open(self, request_id: int) -> None:
         self.streams[request_id] = _Stream()
@@ -101,8 +123,16 @@ class AudioStreams:
             extra = next(b for b in self.buckets if b >= len(rows)) - len(rows)
             rows += [self.scratch_row] * extra
             codes = np.concatenate([codes, np.zeros((extra, *codes.shape[1:]), np.int64)])
-        slots = torch.tensor(rows, dtype=torch.long, device=self.device)
-        pcm = self.vocoder.push(slots, torch.from_numpy(codes).to(self.device))
+        graph = self.graphs.get((len(rows), codes.shape[-1]))
+        if graph is not None:
+            g, slots_buf, codes_buf, out = graph
+            slots_buf.copy_(torch.tensor(rows, dtype=torch.long), non_blocking=True)
+            codes_buf.copy_(torch.from_numpy(codes), non_blocking=True)
+            g.replay()
+            pcm = out
+        else:
+            slots = torch.tensor(rows, dtype=torch.long, device=self.device)
+            pcm = self.vocoder.push(slots, torch.from_numpy(codes).to(self.device))
         pcm = pcm[:len(streams)].float().cpu().numpy()  # [B, n * 2048]
         for s in streams:
             s.pending.clear()
