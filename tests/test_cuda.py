@@ -61,3 +61,22 @@ def test_cuda_engine_equals_reference_loop(cuda_model) -> None:
     for i, (_, prompt, params, frames) in enumerate(arrivals):
         want = generate(cuda_model.model, prompt, params, frames).numpy()
         assert np.array_equal(got[i], want), f"request {i}"
+
+
+def test_graph_captured_vocoder_stream_equals_one_shot_decode(cuda_model) -> None:
+    engine = Engine(cuda_model, EngineConfig(num_blocks=256, block_size=16, max_batch=4))
+    assert engine.streams.graphs, "vocoder graphs were not captured"
+    ids = [engine.add_prompt(random_prompt(cuda_model, 500 + i, 12, 5), SamplingParams(seed=i), 19,
+                             stream_pcm=True) for i in range(3)]
+    pcm: dict[int, list] = {i: [] for i in ids}
+    codes: dict[int, list] = {i: [] for i in ids}
+    while engine.has_work():
+        for ev in engine.step():
+            if ev.pcm is not None:
+                pcm[ev.request_id].append(ev.pcm)
+            if ev.codes is not None:
+                codes[ev.request_id].append(ev.codes)
+    for rid in ids:
+        all_codes = torch.from_numpy(np.concatenate(codes[rid], axis=1))[None].cuda()
+        whole = cuda_model.codec.decode(all_codes)[0, 0].float().cpu().numpy()
+        np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=2e-3, rtol=0)
