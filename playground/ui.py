@@ -1,0 +1,92 @@
+"""The playground page: layout and wiring only. `install(app, state)` adds the playground's own routes
+(live PCM stream, player script) to the API's FastAPI app and mounts the Gradio Blocks at `/`.
+
+Panels and their handlers live beside it: ui_text (palette, linter, chunk preview), ui_voices
+(reference clip, voice library), ui_generate (controls, Generate/Stop), ui_history (chunks of a take,
+history), ui_output (post-processing, rendered files), ui_stream (the PCM route), ui_take (engine side),
+ui_figures (figures and status line), ui_page (the panels, for cross-panel handlers).
+"""
+from __future__ import annotations
+
+import html
+import re
+import threading
+from pathlib import Path
+
+import gradio as gr
+from fastapi import FastAPI
+
+from playground.state import DEMO_HELP, AppState
+from playground.ui_generate import Generation, build_run_panel, build_settings_panel
+from playground.ui_figures import STATUS_SECONDS, StatusLine
+from playground.ui_history import HistoryHandlers, TakeHandlers, build_history_panel, build_take_panel, table_update
+from playground.ui_output import Exports, build_output_panel, warm_up
+from playground.ui_page import Ctx, Page
+from playground.ui_stream import STATIC_DIR, StreamHub, install_routes
+from playground.ui_text import build_text_panel, wire_text_panel
+from playground.ui_voices import VoiceHandlers, build_voice_panel, voice_choices
+
+HEAD = '<script src="/playground/static/player.js"></script>'
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="violet", neutral_hue="slate")
+
+
+def install(app: FastAPI, state: AppState) -> FastAPI:
+    hub = StreamHub()
+    install_routes(app, hub)
+    exports = Exports(Path(state.settings.data_dir) / "exports")
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    blocks = build_blocks(state, hub, exports)
+    return gr.mount_gradio_app(
+        app, blocks, path="/", theme=THEME, css_paths=[STATIC_DIR / "playground.css"], head=HEAD,
+        allowed_paths=[str(exports.root.resolve())], footer_links=[], show_error=True,
+        max_file_size=f"{state.settings.max_upload_mb}mb")
+
+
+def build_blocks(state: AppState, hub: StreamHub, exports: Exports) -> gr.Blocks:
+    with gr.Blocks(title="S2 Pro Playground", delete_cache=(3600, 86400)) as blocks:
+        gr.HTML(_header(), elem_id="s2-header")
+        if state.demo:
+            gr.HTML(f'<div class="s2-banner" role="alert">{_code_spans(DEMO_HELP)}</div>', elem_id="s2-demo")
+        status = gr.HTML(f'<div class="s2-status">{html.escape(state.describe())}</div>', elem_id="s2-status")
+        with gr.Row(equal_height=False, elem_classes="s2-main"):
+            with gr.Column(scale=3, min_width=420):
+                text = build_text_panel()
+                run = build_run_panel()
+                take = build_take_panel()
+            with gr.Column(scale=2, min_width=320):
+                voice = build_voice_panel()
+                settings = build_settings_panel(state.loaded.hop_length)
+                output = build_output_panel()
+        history = build_history_panel()
+        ctx = Ctx(state, hub, exports, Page(text, voice, settings, output, run, take, history))
+        wire_text_panel(text, settings.chunk_length)
+        VoiceHandlers(voice, state).wire()
+        Generation(ctx).wire()
+        TakeHandlers(ctx).wire()
+        HistoryHandlers(ctx).wire()
+        _wire_page(ctx, blocks, status)
+    return blocks
+
+
+def _code_spans(text: str) -> str:
+    """Escape `text`, showing its `backticked` commands as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def _header() -> str:
+    return ('<div class="s2-title"><h1>S2 Pro Playground</h1><p>Expressive text-to-speech with voice cloning: '
+            "tags like [whisper] or [laughing] steer the delivery, <code>&lt;|speaker:N|&gt;</code> switches "
+            "speakers.</p></div>")
+
+
+def _wire_page(ctx: Ctx, blocks: gr.Blocks, status: gr.HTML) -> None:
+    """Page load refreshes what other tabs or the API may have changed; a timer keeps the status live."""
+    state, p = ctx.state, ctx.page
+    line = StatusLine(state)
+
+    async def on_load() -> dict:
+        return {status: await line.html(), p.voice.choice: gr.update(choices=voice_choices(state)),
+                **table_update(ctx)}
+
+    blocks.load(on_load, None, [status, p.voice.choice, p.history.table], show_progress="hidden")
+    gr.Timer(STATUS_SECONDS).tick(line.html, None, status, show_progress="hidden", concurrency_limit=None)

@@ -1,0 +1,42 @@
+"""The page's panels in one place, so event handlers can address components of other panels.
+
+`Ctx` is what every handler closes over: process-wide objects only (no per-user state; that lives in
+`gr.State` components and in the browser).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playground.state import AppState
+    from playground.ui_generate import RunPanel, SettingsPanel
+    from playground.ui_history import HistoryPanel, TakePanel
+    from playground.ui_output import Exports, OutputPanel
+    from playground.ui_stream import StreamHub
+    from playground.ui_text import TextPanel
+    from playground.ui_voices import VoicePanel
+
+
+@dataclass
+class Page:
+    text: TextPanel
+    voice: VoicePanel
+    settings: SettingsPanel
+    output: OutputPanel
+    run: RunPanel
+    take: TakePanel
+    history: HistoryPanel
+
+
+@dataclass
+class Ctx:
+    state: AppState
+    hub: StreamHub
+    exports: Exports
+    page: Page
+
+    @property
+    def hop(self) -> int:
+        """Samples per generated frame (the codec hop, 2048)."""
+        return self.state.loaded.hop_length
