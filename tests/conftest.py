@@ -1,12 +1,16 @@
 """Shared fixtures: a tiny random checkpoint in the real on-disk format, loaded once per session."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from engine.loader import LoadedModel, load_model_dir
+from engine.prompt import build_prompt
+from engine.reference import DenseKVCache
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 
 # Tiny models are fastest single-threaded, and 2 cores shared with servers under test oversubscribe.
@@ -21,3 +25,19 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir: Path) -> LoadedModel:
     return load_model_dir(tiny_dir, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def talkative_model(tiny_model: LoadedModel) -> LoadedModel:
+    """The tiny checkpoint with its <|im_end|> embedding turned towards typical hidden states, so that
+    end of speech comes after a handful of frames and long text really runs chunk after chunk (random
+    weights alone almost never stop)."""
+    model = copy.deepcopy(tiny_model.model)
+    prompt = build_prompt(tiny_model.tokenizer, "Hello there, this is a test of the thing.")
+    t = model.cfg.text
+    cache = DenseKVCache.empty(t.n_layer, prompt.shape[1], t.n_local_heads, t.head_dim, torch.float32,
+                               torch.device("cpu"))
+    with torch.no_grad():
+        mean = model.slow_forward(model.embed(prompt), torch.arange(prompt.shape[1]), cache.attend).mean(0)
+        model.text_model.model.embeddings.weight[model.cfg.eos_token_id] = mean * 12.0 / (mean @ mean)
+    return dataclasses.replace(tiny_model, model=model)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import random
 
 import numpy as np
@@ -15,7 +13,7 @@ from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
 from engine.prompt import Reference, build_prompt, split_text
-from engine.reference import DenseKVCache, generate
+from engine.reference import generate
 from engine.request import ReferenceInput, SynthesisRequest
 from engine.sampler import SamplingParams
 from tests.test_engine import random_prompt, run_engine
@@ -100,21 +98,6 @@ def long_text() -> str:
     text = " ".join(sentences)
     assert 2000 <= len(text) <= 3000
     return text
-
-
-@pytest.fixture(scope="module")
-def talkative_model(tiny_model: LoadedModel) -> LoadedModel:
-    """The tiny checkpoint with its <|im_end|> embedding turned towards typical hidden states, so that
-    end of speech comes after a handful of frames (random weights alone almost never stop)."""
-    model = copy.deepcopy(tiny_model.model)
-    prompt = build_prompt(tiny_model.tokenizer, "Hello there, this is a test of the thing.")
-    t = model.cfg.text
-    cache = DenseKVCache.empty(t.n_layer, prompt.shape[1], t.n_local_heads, t.head_dim, torch.float32,
-                               torch.device("cpu"))
-    with torch.no_grad():
-        mean = model.slow_forward(model.embed(prompt), torch.arange(prompt.shape[1]), cache.attend).mean(0)
-        model.text_model.model.embeddings.weight[model.cfg.eos_token_id] = mean * 12.0 / (mean @ mean)
-    return dataclasses.replace(tiny_model, model=model)
 
 
 def test_long_text_completes_all_chunks_in_order(talkative_model: LoadedModel) -> None:

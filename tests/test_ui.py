@@ -8,8 +8,6 @@ multi-chunk take (a tiny model made to stop speaking) with one chunk regenerated
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +17,6 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 import pytest
-import torch
 from playwright.sync_api import Browser, sync_playwright
 
 from engine.async_engine import AsyncEngine
@@ -27,8 +24,7 @@ from engine.audio import SAMPLE_RATE
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
-from engine.prompt import build_prompt, split_text
-from engine.reference import DenseKVCache
+from engine.prompt import split_text
 from playground.ui_output import OutputOptions
 from playground.ui_text import load_examples
 from playground.ui_take import GenSettings, chunk_bounds, collect, regenerate_chunk, splice
@@ -292,22 +288,6 @@ def test_output_options_change_the_clip() -> None:
     assert SAMPLE_RATE <= len(trimmed) < len(clip) - SAMPLE_RATE
     louder = OutputOptions(normalize=True, target_lufs=-14).apply(clip)
     assert len(louder) == len(clip) and np.abs(louder).max() > 2 * np.abs(clip).max()
-
-
-@pytest.fixture(scope="module")
-def talkative_model(tiny_model: LoadedModel) -> LoadedModel:
-    """The tiny checkpoint with its <|im_end|> embedding turned towards typical hidden states, so speech
-    ends after a handful of frames and long text really runs chunk after chunk (as in
-    test_engine_lifecycle; random weights alone almost never stop)."""
-    model = copy.deepcopy(tiny_model.model)
-    prompt = build_prompt(tiny_model.tokenizer, "Hello there, this is a test of the thing.")
-    t = model.cfg.text
-    cache = DenseKVCache.empty(t.n_layer, prompt.shape[1], t.n_local_heads, t.head_dim, torch.float32,
-                               torch.device("cpu"))
-    with torch.no_grad():
-        mean = model.slow_forward(model.embed(prompt), torch.arange(prompt.shape[1]), cache.attend).mean(0)
-        model.text_model.model.embeddings.weight[model.cfg.eos_token_id] = mean * 12.0 / (mean @ mean)
-    return dataclasses.replace(tiny_model, model=model)
 
 
 def test_multi_chunk_take_regenerates_one_chunk_in_place(talkative_model: LoadedModel) -> None:

@@ -5,28 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.models.codec import Codec, CodecConfig
+from engine.models.codec import Codec
 from engine.vocoder import StreamingDecoder
-
-HOP = 2048
-
-
-def make_codec(seed: int = 0) -> Codec:
-    """Tiny codec with seeded weights; layer scales raised so transformers and ConvNeXt blocks matter."""
-    torch.manual_seed(seed)
-    codec = Codec(CodecConfig.tiny()).eval()
-    with torch.no_grad():
-        for name, p in codec.named_parameters():
-            if name.endswith("gamma"):
-                p.uniform_(0.3, 0.7)
-    return codec
-
-
-def random_codes(batch: int, frames: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    semantic = torch.randint(0, 4096, (batch, 1, frames), generator=g)
-    residual = torch.randint(0, 1024, (batch, 9, frames), generator=g)
-    return torch.cat([semantic, residual], dim=1)
+from tests.test_codec import HOP, make_codec, random_codes
 
 
 def stream(decoder: StreamingDecoder, codes: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
