@@ -33,6 +33,7 @@ class AudioChunk:
     finished: bool = False
     reason: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    chunk_index: int = 0  # which text chunk this audio belongs to
 
 
 class AsyncEngine:
@@ -128,7 +129,8 @@ class AsyncEngine:
                                      ev.reason, self._stats(ev))
                     return
                 yield AudioChunk(rid, ev.pcm if ev.pcm is not None else np.zeros(0, np.float32),
-                                 ev.codes if ev.codes is not None else np.zeros((10, 0), np.int64))
+                                 ev.codes if ev.codes is not None else np.zeros((10, 0), np.int64),
+                                 chunk_index=ev.chunk_index)
         finally:
             if not finished:
                 self.call(lambda engine: self._drop(engine, rid))
