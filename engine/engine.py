@@ -169,7 +169,7 @@ class Engine:
         if plan.decode:
             for seq in plan.decode:
                 if not seq.frames:
-                    self.runner.start_sequence(seq.slot, self.jobs[seq.request_id].params, [])
+                    self.runner.start_sequence(seq.slot, self.jobs[seq.request_id].params)
             frame = self._launch_frame(plan.decode)
         # Audio of earlier frames is decoded while the GPU runs this frame (a second CUDA stream).
         events += self._vocode(flush=set())

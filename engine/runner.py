@@ -81,16 +81,13 @@ class ModelRunner:
             self.decode_attention = paged_decode_triton
 
     # -- per-sequence state ---------------------------------------------------------------
-    def start_sequence(self, slot: int, params: SamplingParams, recent: list[int]) -> None:
-        """Load a sequence's sampling params and RAS window (carried across text chunks) into its slot."""
+    def start_sequence(self, slot: int, params: SamplingParams) -> None:
+        """Load a sequence's sampling params into its slot and empty its RAS window (each text chunk
+        starts a fresh window, as each upstream generate call does)."""
         one = BatchParams.build([params], self.device)
         for name in ("temperature", "top_p", "top_k", "ras", "seed"):
             getattr(self.params, name)[slot] = getattr(one, name)[0]
-        window = ([-1] * RAS_WINDOW + recent)[-RAS_WINDOW:]
-        self.recent[slot] = torch.tensor(window, dtype=torch.long, device=self.device)
-
-    def recent_window(self, slot: int) -> list[int]:
-        return self.recent[slot].tolist()
+        self.recent[slot] = -1
 
     def block_table_tensor(self, tables: list[list[int]], width: int, device: torch.device | None = None
                            ) -> Tensor:
