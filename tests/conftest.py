@@ -11,10 +11,25 @@ import torch
 from engine.loader import LoadedModel, load_model_dir
 from engine.prompt import build_prompt
 from engine.reference import DenseKVCache
+from engine.tokenizer import TextTokenizer
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
+from engine.tools.tiny_tokenizer import write_tiny_tokenizer
 
 # Tiny models are fastest single-threaded, and 2 cores shared with servers under test oversubscribe.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny tokenizer files alone (read-only: tests that edit them work on copies)."""
+    out_dir = tmp_path_factory.mktemp("tiny_tokenizer")
+    write_tiny_tokenizer(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tok(tokenizer_dir: Path) -> TextTokenizer:
+    return TextTokenizer(tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

@@ -12,21 +12,8 @@ from torch import Tensor
 from engine.prompt import (PROMPT_LIMIT, SPEECH_HEADER, SYSTEM_CLONE, SYSTEM_PLAIN, Reference, audio_columns,
                            build_prompt, check_codes, split_text)
 from engine.tokenizer import TextTokenizer
-from engine.tools.tiny_tokenizer import write_tiny_tokenizer
 
 IM_START, IM_END, VOICE, SEMANTIC_START, NEWLINE = 151644, 151645, 151673, 151678, 198
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out_dir = tmp_path_factory.mktemp("tiny_tokenizer")
-    write_tiny_tokenizer(out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir: Path) -> TextTokenizer:
-    return TextTokenizer(tokenizer_dir)
 
 
 def _codes(num_frames: int, seed: int) -> Tensor:

@@ -32,18 +32,6 @@ PLAIN_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out_dir = tmp_path_factory.mktemp("tiny_tokenizer")
-    write_tiny_tokenizer(out_dir)
-    return out_dir
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir: Path) -> TextTokenizer:
-    return TextTokenizer(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
 def raw(tokenizer_dir: Path) -> Tokenizer:
     """The files as any `tokenizers` user loads them (special tokens matched in text)."""
     return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))

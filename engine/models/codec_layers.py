@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from engine.models.layers import FeedForward  # the same SwiGLU (w1 gate, w3 up, w2 down)
+
 
 class Snake1d(nn.Module):
     """x + sin²(αx) / (α + 1e-9), α per channel."""
@@ -194,17 +196,6 @@ class CodecAttention(nn.Module):
         with sdpa_kernel(_SDPA_BACKENDS):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).flatten(-2)), k, v
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class TransformerLayer(nn.Module):
