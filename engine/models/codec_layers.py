@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from engine.models.layers import FeedForward  # the same SwiGLU (w1 gate, w3 up, w2 down)
+from engine.models.layers import FeedForward, RMSNorm  # same SwiGLU and float32 RMSNorm as the ARs
 
 
 class Snake1d(nn.Module):
@@ -110,20 +110,6 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.pointwise(self.dwconv(x))
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm in float32, cast back to the input dtype, then scaled."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
 
 
 class LayerScale(nn.Module):
