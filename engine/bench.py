@@ -171,6 +171,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
     sweep = [int(c) for c in args.concurrency.split(",")]
     engine = Engine(loaded, EngineConfig(max_batch=max(sweep), num_blocks=args.num_blocks,
                                          cuda_graphs=not args.eager, compile=args.compile,
+                                         fused_kernels=False if args.unfused or args.compile else None,
                                          graph_batch_sizes=tuple(sweep),
                                          overlap_vocoder=not args.no_overlap))
     engine.runner.ignore_eos = True
@@ -220,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hit-concurrency", default="1", type=lambda s: [int(c) for c in s.split(",") if c])
     p.add_argument("--num-blocks", type=int, default=None)
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--compile", action="store_true", help="torch.compile the frame before capture")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the module-path frame before capture (implies --unfused)")
+    p.add_argument("--unfused", action="store_true", help="the module path instead of the fused kernels")
     p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
     p.add_argument("--breakdown", action="store_true", help="also time prefill/frame/vocoder per round")
     p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "
               f"graphs {'off' if args.eager else 'on'}{' + compile' if args.compile else ''} · "
+              f"kernels {'module path' if args.unfused or args.compile else 'fused'} · "
               f"vocoder {'off' if args.no_vocoder else 'streaming'}"
               f"{'' if args.no_vocoder or args.no_overlap else ', overlapped'}")
     print_table(rows, header)

@@ -64,7 +64,8 @@ class Engine:
         self.loaded, self.cfg = loaded, cfg
         num_blocks = cfg.num_blocks or cfg.blocks_from_memory(loaded)
         self.runner = ModelRunner(loaded.model, RunnerConfig(num_blocks, cfg.block_size, cfg.max_batch,
-                                                             loaded.config.text.max_seq_len))
+                                                             loaded.config.text.max_seq_len),
+                                  fused=False if cfg.compile else cfg.fused_kernels)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget)
         self.graphs = None

@@ -19,7 +19,8 @@ class EngineConfig:
     max_batch: int = 32  # sequences decoded together in one frame
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
     cuda_graphs: bool = True
-    compile: bool = False  # torch.compile the frame before capturing it
+    fused_kernels: bool | None = None  # the fused Triton path (fused_stack.py); None = on CUDA, off on CPU
+    compile: bool = False  # torch.compile the module-path frame before capturing it (no fused kernels)
     graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
     max_reference_seconds: float = 30.0
     vocoder_group_frames: int = 8  # streamed audio is decoded in groups of up to this many frames
@@ -34,6 +35,8 @@ class EngineConfig:
             raise ValueError("gpu_memory_fraction must be in [0.05, 0.98]")
         if not 1 <= self.vocoder_group_frames <= 64:
             raise ValueError("vocoder_group_frames must be in [1, 64]")
+        if self.compile and self.fused_kernels:
+            raise ValueError("compile applies to the module path: it cannot be combined with fused_kernels")
         if self.max_reference_seconds <= 0:
             raise ValueError("max_reference_seconds must be positive")
 

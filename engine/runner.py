@@ -5,20 +5,27 @@ positions batched across rows -> codes -> next input column -> one slow AR step 
 All per-sequence state (last hidden, RAS window, sampling params) lives in device buffers indexed by
 slot, so a frame is a pure tensor program over static inputs: that is what CUDA graphs capture
 (`cuda_graphs.py`). The host reads one [B, 11] tensor per frame.
+
+Two implementations of the same computation: the module path (models/*, sampler.py: CPU, the oracle)
+and on CUDA the fused path (fused_stack.py, kernels.py: ~10 kernels per layer, one per draw), which
+also serves prefill. Tests compare them (tests/test_kernels.py, tests/test_cuda.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from engine.attention import (PrefillSegment, dense_attention, paged_decode_reference, prefill_attention,
                               write_kv)
 from engine.models.dual_ar import DualAR
 from engine.request import Sequence
-from engine.sampler import (RAS_WINDOW, BatchParams, SamplingParams, index_hash, push_recent, sample_fast,
-                            sample_slow)
+from engine.sampler import (DRAW_FAST, DRAW_SLOW, DRAW_SLOW_RAS, RAS_WINDOW, BatchParams, SamplingParams,
+                            index_hash, push_recent, sample_fast, sample_slow)
+
+FAST_CACHE = 16  # fast-AR cache rows per sequence (10 codebook positions, padded for the kernel)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,8 @@ class FrameInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: DualAR, cfg: RunnerConfig) -> None:
+    def __init__(self, model: DualAR, cfg: RunnerConfig, fused: bool | None = None) -> None:
+        """fused: use the fused kernels (default: on CUDA)."""
         self.model = model
         self.cfg = cfg
         mc = model.cfg
@@ -74,11 +82,47 @@ class ModelRunner:
         self.params = BatchParams.build([SamplingParams()] * rows, self.device)
         for vocab in (mc.codebook_size, mc.codebook_size + 1):  # before any capture or compile
             index_hash(vocab, self.device)
-        self.ignore_eos = False  # benchmarks: every sequence runs to its frame budget
+        # benchmarks: every sequence runs to its frame budget (a device flag, so captured graphs see it)
+        self._ignore_eos = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.decode_attention = paged_decode_reference
         if self.device.type == "cuda":
             from engine.triton_attention import paged_decode_triton
             self.decode_attention = paged_decode_triton
+        self.fused = self.device.type == "cuda" if fused is None else fused
+        if self.fused:
+            self._init_fused()
+
+    @property
+    def ignore_eos(self) -> bool:
+        return bool(self._ignore_eos.item())
+
+    @ignore_eos.setter
+    def ignore_eos(self, value: bool) -> None:
+        self._ignore_eos.fill_(int(value))
+
+    def _init_fused(self) -> None:
+        from engine.fused_stack import FusedStack
+        from engine.triton_attention import paged_decode_triton
+        self._paged = paged_decode_triton
+        model, mc, dev = self.model, self.model.cfg, self.device
+        t, a = mc.text, mc.audio
+        self.slow_stack = FusedStack(model.text_model.model.layers, model.text_model.model.norm, t,
+                                     model.slow_rope)
+        self.fast_stack = FusedStack(model.audio_decoder.layers, model.audio_decoder.norm, a, model.fast_rope)
+        emb = model.text_model.model.embeddings.weight
+        # The restricted head as one matrix: rows of <|semantic:0..4095|> then <|im_end|> (21 MB).
+        self.slow_head = torch.cat([emb[mc.semantic_start_token_id:mc.semantic_end_token_id + 1],
+                                    emb[mc.eos_token_id:mc.eos_token_id + 1]]).contiguous()
+        # Fast-AR cache: per layer [max_batch, FAST_CACHE, KVH, D], row b of the batch owns block b.
+        fast = (self.cfg.max_batch, FAST_CACHE, a.n_local_heads, a.head_dim)
+        self.k_fast_pools = [torch.zeros(fast, dtype=self.dtype, device=dev) for _ in range(a.n_layer)]
+        self.v_fast_pools = [torch.zeros(fast, dtype=self.dtype, device=dev) for _ in range(a.n_layer)]
+        rows = torch.arange(self.cfg.max_batch, device=dev)
+        pos = torch.arange(mc.num_codebooks, device=dev)[:, None].expand(-1, self.cfg.max_batch)
+        self.fast_positions = pos.contiguous()  # [10, max_batch]
+        self.fast_slots = (rows[None, :] * FAST_CACHE + pos).contiguous()
+        self.fast_lens = (pos + 1).contiguous()
+        self.fast_tables = rows[:, None].contiguous()
 
     # -- per-sequence state ---------------------------------------------------------------
     def start_sequence(self, slot: int, params: SamplingParams) -> None:
@@ -119,7 +163,12 @@ class ModelRunner:
             return prefill_attention(q, self.k_pools[layer], self.v_pools[layer], segments)
 
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        hidden = self.model.slow_forward(self.model.embed(grid), pos, attend)
+        if self.fused:
+            hidden = self.slow_stack.forward(
+                self.model.embed(grid), pos, slot_mapping, self.k_pools, self.v_pools,
+                lambda layer, q: prefill_attention(q, self.k_pools[layer], self.v_pools[layer], segments))
+        else:
+            hidden = self.model.slow_forward(self.model.embed(grid), pos, attend)
         end = 0
         for seq, start, n in items:
             end += n
@@ -152,13 +201,14 @@ class ModelRunner:
     @torch.no_grad()  # not inference_mode: torch.compile cannot trace frames that run under it
     def decode_frame(self, inp: FrameInputs) -> Tensor:
         """One frame for every row: returns [B, 11] = (restricted slow column, c0..c9)."""
+        if self.fused:
+            return self._decode_frame_fused(inp)
         model, mc = self.model, self.model.cfg
         h = self.hidden[inp.slots]
         p = BatchParams(*(getattr(self.params, f)[inp.slots]
                           for f in ("temperature", "top_p", "top_k", "ras", "seed")))
         logits = model.slow_logits(h)
-        if self.ignore_eos:
-            logits[:, -1] = float("-inf")
+        logits[:, -1] = torch.where(self._ignore_eos.bool(), float("-inf"), logits[:, -1])
         col = sample_slow(logits, p, inp.frames, self.recent[inp.slots])
         codes = self.fast_codes(h, col.clamp(max=mc.codebook_size - 1), p, inp.frames)  # [B, 10]
         grid = torch.cat([model.restricted_to_token(col)[None], codes.T])  # [11, B]
@@ -194,3 +244,38 @@ class ModelRunner:
                 codes.append(sample_fast(model.fast_logits(out), p, frames, pos))
             x = model.fast_embed(codes[-1])
         return torch.stack(codes, dim=1)
+
+    def _decode_frame_fused(self, inp: FrameInputs) -> Tensor:
+        """decode_frame with the fused kernels: same draws, same outputs."""
+        from engine import kernels
+        model, mc = self.model, self.model.cfg
+        batch = inp.slots.shape[0]
+        h = self.hidden[inp.slots]
+        out = torch.empty((batch, mc.num_codebooks + 1), dtype=torch.long, device=self.device)
+        assert DRAW_SLOW_RAS == DRAW_SLOW + 1
+        kernels.sample_into(F.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
+                            recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
+        tables = self.fast_tables[:batch]
+        x = h
+        for pos in range(mc.num_codebooks):
+            lens = self.fast_lens[pos, :batch]
+            hidden = self.fast_stack.forward(
+                x, self.fast_positions[pos, :batch], self.fast_slots[pos, :batch], self.k_fast_pools,
+                self.v_fast_pools,
+                lambda layer, q: self._paged(q, self.k_fast_pools[layer], self.v_fast_pools[layer], tables, lens,
+                                             num_splits=1),
+                kv_only_last=pos == 0)  # position 0 (the slow hidden) only fills the fast cache
+            if pos > 0:
+                kernels.sample_into(F.linear(hidden, model.audio_decoder.output.weight),
+                                    inp.slots, inp.frames, self.params, out, pos + 1, DRAW_FAST + pos)
+            if pos < mc.num_codebooks - 1:
+                x = F.embedding(out[:, pos + 1], model.audio_decoder.embeddings.weight)
+        x = kernels.frame_embed(out, model.text_model.model.embeddings.weight,
+                                model.audio_decoder.codebook_embeddings.weight, mc.semantic_start_token_id,
+                                mc.codebook_size, mc.eos_token_id)
+        new_h = self.slow_stack.forward(
+            x, inp.positions, inp.slot_mapping, self.k_pools, self.v_pools,
+            lambda layer, q: self._paged(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
+                                         inp.context_lens))
+        self.hidden.index_copy_(0, inp.slots, new_h)
+        return out

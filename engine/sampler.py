@@ -1,6 +1,6 @@
 """Batched reference-exact sampling with per-row parameters, counter-based noise and RAS.
 
-Semantics (per sampled distribution): sort logits; cumulative softmax of the *untempered* logits;
+Semantics (per sampled distribution): sort logits (descending, equal values in index order); cumulative softmax of the *untempered* logits;
 drop rank r when cum[r] > top_p or r >= top_k (rank 0 always kept, so the token that crosses top_p is
 itself dropped); divide by max(temperature, 1e-5); softmax; pick argmax(p / E) with E ~ Exp(1).
 
@@ -81,7 +81,7 @@ def exponential_noise(seed: Tensor, counter: Tensor, vocab: int) -> Tensor:
 
 def filtered_probs(logits: Tensor, temperature: Tensor, top_p: Tensor, top_k: Tensor) -> Tensor:
     """logits [B, V] float32; params [B] -> sampling distribution [B, V] after top-p/top-k/temperature."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
     rank = torch.arange(logits.shape[-1], device=logits.device)[None, :]
     remove = (cum > top_p[:, None]) | (rank >= top_k[:, None])

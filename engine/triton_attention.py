@@ -1,9 +1,10 @@
 """Paged decode attention on CUDA (Triton): one query token per sequence, GQA, split over the context.
 
 Grid: (batch, kv_head, split). Each program walks its share of the sequence's blocks for all query heads
-that read its kv head, keeping an online softmax; a small torch epilogue merges the splits. The loop
-bound comes from context_lens at run time, so the kernel is CUDA-graph safe with fixed-width block
-tables. Tested against attention.paged_decode_reference on the GPU.
+that read its kv head, keeping an online softmax; a second small kernel merges the splits by their
+log-sum-exp. With one split the first kernel writes the result itself (the fast AR's 10-position cache).
+The loop bound comes from context_lens at run time, so the kernels are CUDA-graph safe with fixed-width
+block tables. Tested against attention.paged_decode_reference (tests/test_kernels.py, tests/test_cuda.py).
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ NUM_SPLITS = 8
 
 @triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse_ptr, scale,
-                         stride_tb, max_blocks, num_kv_heads,
+                         stride_tb, num_kv_heads,
                          GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr):
-    b = tl.program_id(0)
+    b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     length = tl.load(lens_ptr + b)
@@ -54,27 +55,56 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
         s = s * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
-    out_off = ((b * NUM_SPLITS + split) * num_kv_heads * GROUPS + heads)
-    tl.store(out_ptr + out_off[:, None] * HEAD_DIM + d[None, :], acc / s[:, None], mask=q_mask[:, None])
-    tl.store(lse_ptr + out_off, m + tl.log(s), mask=q_mask)
+    if NUM_SPLITS == 1:
+        out_off = b * num_kv_heads * GROUPS + heads
+        tl.store(out_ptr + out_off[:, None] * HEAD_DIM + d[None, :], (acc / s[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=q_mask[:, None])
+    else:
+        # A split with no blocks stores zeros and lse -inf: the merge gives it zero weight.
+        out_off = (b * NUM_SPLITS + split) * num_kv_heads * GROUPS + heads
+        safe = tl.where(s > 0, s, 1.0)
+        tl.store(out_ptr + out_off[:, None] * HEAD_DIM + d[None, :], acc / safe[:, None], mask=q_mask[:, None])
+        tl.store(lse_ptr + out_off, tl.where(s > 0, m + tl.log(safe), float("-inf")), mask=q_mask)
+
+
+@triton.jit
+def _merge_splits_kernel(part_ptr, lse_ptr, out_ptr, num_heads,
+                         NUM_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    sp = tl.arange(0, NUM_SPLITS)
+    d = tl.arange(0, HEAD_DIM)
+    rows = (b * NUM_SPLITS + sp) * num_heads + h
+    lse = tl.load(lse_ptr + rows)
+    w = tl.exp(lse - tl.max(lse, axis=0))
+    w = w / tl.sum(w, axis=0)
+    part = tl.load(part_ptr + rows[:, None] * HEAD_DIM + d[None, :])
+    merged = tl.sum(part * w[:, None], axis=0)
+    tl.store(out_ptr + (b * num_heads + h) * HEAD_DIM + d, merged.to(out_ptr.dtype.element_ty))
 
 
 def paged_decode_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor,
-                        context_lens: Tensor) -> Tensor:
-    """Same contract as attention.paged_decode_reference: q [B, H, D] -> [B, H, D]."""
+                        context_lens: Tensor, num_splits: int = NUM_SPLITS) -> Tensor:
+    """Same contract as attention.paged_decode_reference: q [B, H, D] -> [B, H, D].
+
+    num_splits (a power of two): programs per (sequence, kv head); 1 for short contexts."""
     batch, heads, dim = q.shape
     _, block, kv_heads, _ = k_pool.shape
     groups = heads // kv_heads
-    out = torch.empty((batch, NUM_SPLITS, heads, dim), dtype=torch.float32, device=q.device)
-    lse = torch.empty((batch, NUM_SPLITS, heads), dtype=torch.float32, device=q.device)
-    grid = (batch, kv_heads, NUM_SPLITS)
-    _paged_decode_kernel[grid](q.contiguous(), k_pool, v_pool, block_tables, context_lens, out, lse,
-                               dim ** -0.5, block_tables.stride(0), block_tables.shape[1], kv_heads,
-                               GROUPS=groups, GROUPS_PAD=max(16, triton.next_power_of_2(groups)),
-                               HEAD_DIM=dim, BLOCK=block, NUM_SPLITS=NUM_SPLITS,
-                               # float32 pools (tests, CPU-parity runs) must not silently use TF32
-                               PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-    # Splits with no blocks hold lse = -inf (0/0 outputs); they get zero weight here.
-    weights = torch.softmax(torch.nan_to_num(lse, nan=float("-inf")), dim=1)  # [B, S, H]
-    merged = (torch.nan_to_num(out) * weights[..., None]).sum(dim=1)
-    return merged.to(q.dtype)
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    if num_splits == 1:
+        part, lse = out, out
+    else:
+        part = torch.empty((batch, num_splits, heads, dim), dtype=torch.float32, device=q.device)
+        lse = torch.empty((batch, num_splits, heads), dtype=torch.float32, device=q.device)
+    _paged_decode_kernel[(batch, kv_heads, num_splits)](
+        q, k_pool, v_pool, block_tables, context_lens, part, lse, dim ** -0.5, block_tables.stride(0), kv_heads,
+        GROUPS=groups, GROUPS_PAD=max(16, triton.next_power_of_2(groups)), HEAD_DIM=dim, BLOCK=block,
+        NUM_SPLITS=num_splits,
+        # float32 pools (tests, CPU-parity runs) must not silently use TF32
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    if num_splits > 1:
+        _merge_splits_kernel[(batch, heads)](part, lse, out, heads, NUM_SPLITS=num_splits, HEAD_DIM=dim,
+                                             num_warps=1)
+    return out

@@ -40,4 +40,6 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "setup: installing requirements"
 pip install -r requirements.txt
+# CUDA torch brings its own Triton; elsewhere the fused kernels are tested through Triton's interpreter.
+.venv/bin/python -c "import triton" 2>/dev/null || pip install "triton==3.9.0"
 echo "$want" > "$stamp"

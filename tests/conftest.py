@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ from engine.reference import DenseKVCache
 from engine.tokenizer import TextTokenizer
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 from engine.tools.tiny_tokenizer import write_tiny_tokenizer
+
+# Without a GPU the Triton kernels run (and are tested) through Triton's interpreter on CPU tensors; it
+# is chosen when a kernel is defined, so before anything imports engine.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tiny models are fastest single-threaded, and 2 cores shared with servers under test oversubscribe.
 torch.set_num_threads(1)

@@ -1,0 +1,80 @@
+"""A transformer stack run with the fused kernels of kernels.py (CUDA; the CPU path is layers.py).
+
+Per layer: add+norm, qkv matmul, q/k-norm+RoPE+KV store, attention, wo matmul, add+norm, [w1; w3]
+matmul, SwiGLU, w2 matmul: ~10 kernels where the module-by-module path launches ~45. The residual add
+of each sublayer is folded into the next norm. Weights are the model's own tensors: w1 and w3 are
+re-pointed into one concatenated matrix (views, no extra memory), so the checkpoint layout is unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine import kernels
+from engine.config import TransformerConfig
+from engine.models.layers import RMSNorm
+
+
+@dataclass
+class _Layer:
+    attn_norm: Tensor
+    wqkv: Tensor
+    q_norm: Tensor | None
+    k_norm: Tensor | None
+    wo: Tensor
+    ffn_norm: Tensor
+    w13: Tensor
+    w2: Tensor
+
+
+def fuse_gate_up(block: nn.Module) -> Tensor:
+    """Re-point w1/w3 of a FeedForward into one [2F, dim] tensor and return it."""
+    ff = block.feed_forward
+    w1, w3 = ff.w1.weight, ff.w3.weight
+    same = w1.data.untyped_storage().data_ptr() == w3.data.untyped_storage().data_ptr()
+    if same and w1.is_contiguous() and w3.storage_offset() == w1.storage_offset() + w1.numel():
+        return w1.data.as_strided((w1.shape[0] * 2, w1.shape[1]), w1.stride())  # already fused
+    w13 = torch.cat([w1.data, w3.data])
+    w1.data, w3.data = w13[:w1.shape[0]], w13[w1.shape[0]:]
+    return w13
+
+
+class FusedStack:
+    """Runs `layers` + final `norm` on packed rows; the caller's `attend(layer, q)` reads the KV the
+    stack has just stored (k_pools[layer] / v_pools[layer] at `slots`)."""
+
+    def __init__(self, layers: nn.ModuleList, norm: RMSNorm, cfg: TransformerConfig, rope: Tensor) -> None:
+        self.cfg = cfg
+        self.final_norm = norm.weight
+        self.rope = torch.view_as_real(rope).contiguous()  # [P, D/2, 2] float32 cos/sin
+        self.layers = []
+        for block in layers:
+            att = block.attention
+            self.layers.append(_Layer(
+                block.attention_norm.weight, att.wqkv.weight,
+                att.q_norm.weight if cfg.qk_norm else None, att.k_norm.weight if cfg.qk_norm else None,
+                att.wo.weight, block.ffn_norm.weight, fuse_gate_up(block), block.feed_forward.w2.weight))
+
+    def forward(self, x: Tensor, positions: Tensor, slots: Tensor, k_pools: list[Tensor], v_pools: list[Tensor],
+                attend: Callable[[int, Tensor], Tensor], kv_only_last: bool = False) -> Tensor | None:
+        """x [N, dim] at `positions` [N]; k/v go to flat `slots` [N] of each layer's pool.
+        Returns the post-final-norm hidden [N, dim], or None with `kv_only_last` (the last layer only
+        stores its k/v: nothing reads this row's output)."""
+        c = self.cfg
+        eps = c.norm_eps
+        h, delta = x, None
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h, n = kernels.add_rmsnorm(h, delta, layer.attn_norm, eps)
+            q = kernels.qk_rope_write(F.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps, self.rope,
+                                      positions, slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
+            if kv_only_last and i == last:
+                return None
+            delta = F.linear(attend(i, q).flatten(1), layer.wo)
+            h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
+            delta = F.linear(kernels.silu_mul(F.linear(n, layer.w13)), layer.w2)
+        return kernels.add_rmsnorm(h, delta, self.final_norm, eps)[1]

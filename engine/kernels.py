@@ -1,0 +1,267 @@
+"""Fused Triton kernels for the transformer hot path on CUDA.
+
+Each kernel computes what a chain of plain torch ops in `models/layers.py` computes, with the same
+rounding points (bf16 after each op that rounds in the reference), so a layer needs ~10 kernels
+instead of ~45: at decode batch sizes the time goes to kernel count, not arithmetic.
+
+    add_rmsnorm    h = x + delta (stored), out = RMSNorm(h) * weight
+    qk_rope_write  q/k RMSNorm (slow AR), interleaved RoPE, q out, k/v stored at pool slots
+    silu_mul       SwiGLU gate on the fused [w1; w3] projection
+    frame_embed    the slow AR's input for a decode frame from (slow column, 10 codes)
+
+Tested against the torch modules (tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _add_rmsnorm_kernel(x_ptr, d_ptr, h_ptr, out_ptr, w_ptr, dim, eps,
+                        HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < dim
+    x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0)
+    if HAS_DELTA:
+        d = tl.load(d_ptr + row * dim + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + d.to(tl.float32)).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + row * dim + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / dim + eps)
+    normed = (xf * rstd).to(out_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * dim + cols, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_rmsnorm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(h, RMSNorm(h) * weight) with h = x + delta (h is x when delta is None). x/delta [N, dim]."""
+    n, dim = x.shape
+    out = torch.empty_like(x)
+    h = x if delta is None else torch.empty_like(x)
+    if n:
+        _add_rmsnorm_kernel[(n,)](x, x if delta is None else delta, h, out, weight, dim, eps,
+                                  HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(dim),
+                                  num_warps=8 if dim >= 2048 else 4)
+    return h, out
+
+
+@triton.jit
+def _qk_rope_write_kernel(qkv_ptr, qw_ptr, kw_ptr, rope_ptr, pos_ptr, slot_ptr, q_ptr, k_pool, v_pool,
+                          eps, n_head, n_kv,
+                          QK_NORM: tl.constexpr, HALF: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    dim: tl.constexpr = 2 * HALF
+    i = tl.arange(0, HALF)
+    stride = (n_head + 2 * n_kv) * dim
+    is_q = head < n_head
+    # q heads then k heads are contiguous in the fused projection: head j starts at j * dim.
+    src = qkv_ptr + row * stride + head * dim
+    even = tl.load(src + 2 * i).to(tl.float32)
+    odd = tl.load(src + 2 * i + 1).to(tl.float32)
+    dt = q_ptr.dtype.element_ty
+    if QK_NORM:
+        rstd = 1.0 / tl.sqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / dim + eps)
+        w_even = tl.where(is_q, tl.load(qw_ptr + 2 * i), tl.load(kw_ptr + 2 * i)).to(tl.float32)
+        w_odd = tl.where(is_q, tl.load(qw_ptr + 2 * i + 1), tl.load(kw_ptr + 2 * i + 1)).to(tl.float32)
+        even = ((even * rstd).to(dt).to(tl.float32) * w_even).to(dt).to(tl.float32)
+        odd = ((odd * rstd).to(dt).to(tl.float32) * w_odd).to(dt).to(tl.float32)
+    pos = tl.load(pos_ptr + row)
+    cos = tl.load(rope_ptr + pos * dim + 2 * i)
+    sin = tl.load(rope_ptr + pos * dim + 2 * i + 1)
+    re = (even * cos - odd * sin).to(dt)
+    im = (even * sin + odd * cos).to(dt)
+    if head < n_head:
+        q_dst = q_ptr + (row * n_head + head) * dim
+        tl.store(q_dst + 2 * i, re)
+        tl.store(q_dst + 2 * i + 1, im)
+    else:
+        kvh = head - n_head
+        slot = tl.load(slot_ptr + row)
+        k_dst = k_pool + (slot * n_kv + kvh) * dim
+        tl.store(k_dst + 2 * i, re)
+        tl.store(k_dst + 2 * i + 1, im)
+        d = tl.arange(0, dim)
+        v = tl.load(qkv_ptr + row * stride + (n_head + n_kv + kvh) * dim + d)
+        tl.store(v_pool + (slot * n_kv + kvh) * dim + d, v)
+
+
+def qk_rope_write(qkv: Tensor, q_norm: Tensor | None, k_norm: Tensor | None, eps: float, rope: Tensor,
+                  positions: Tensor, slots: Tensor, k_pool: Tensor, v_pool: Tensor, n_head: int,
+                  n_kv: int) -> Tensor:
+    """Split the fused projection qkv [N, (H + 2 KVH) D]: q/k RMSNorm (when weights are given), RoPE
+    at `positions` [N] (rope: [P, D/2, 2] float32 cos/sin), k/v stored at flat pool `slots` [N]
+    (pools viewed as [slots, KVH, D]). Returns q [N, H, D]."""
+    n = qkv.shape[0]
+    dim = qkv.shape[1] // (n_head + 2 * n_kv)
+    q = torch.empty((n, n_head, dim), dtype=qkv.dtype, device=qkv.device)
+    if n:
+        norm = q_norm is not None
+        _qk_rope_write_kernel[(n, n_head + n_kv)](
+            qkv, q_norm if norm else qkv, k_norm if norm else qkv, rope, positions, slots, q, k_pool, v_pool,
+            eps, n_head, n_kv, QK_NORM=norm, HALF=dim // 2, num_warps=1 if dim <= 64 else 2)
+    return q
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, hidden, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < hidden
+    g = tl.load(gu_ptr + row * 2 * hidden + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * hidden + hidden + cols, mask=mask, other=0.0).to(tl.float32)
+    dt = out_ptr.dtype.element_ty
+    gate = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    tl.store(out_ptr + row * hidden + cols, (gate * u).to(dt), mask=mask)
+
+
+def silu_mul(gu: Tensor) -> Tensor:
+    """gu [N, 2F] = [w1 x | w3 x] -> silu(w1 x) * w3 x [N, F]."""
+    n, two_f = gu.shape
+    hidden = two_f // 2
+    out = torch.empty((n, hidden), dtype=gu.dtype, device=gu.device)
+    block = min(1024, triton.next_power_of_2(hidden))
+    if n:
+        _silu_mul_kernel[(n, triton.cdiv(hidden, block))](gu, out, hidden, BLOCK=block, num_warps=4)
+    return out
+
+
+@triton.jit
+def _frame_embed_kernel(grid_ptr, grid_stride, tok_emb, cb_emb, out_ptr, dim, scale,
+                        sem_start, codebook_size, eos_id,
+                        NUM_CODEBOOKS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < dim
+    col = tl.load(grid_ptr + row * grid_stride)
+    is_audio = col < codebook_size
+    token = tl.where(is_audio, col + sem_start, eos_id)
+    x = tl.load(tok_emb + token * dim + cols, mask=mask, other=0.0)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for k in tl.static_range(NUM_CODEBOOKS):
+        code = tl.load(grid_ptr + row * grid_stride + 1 + k)
+        acc += tl.load(cb_emb + (k * codebook_size + code) * dim + cols, mask=mask,
+                       other=0.0).to(tl.float32)
+    dt = out_ptr.dtype.element_ty
+    audio = ((x.to(tl.float32) + acc.to(dt).to(tl.float32)).to(dt).to(tl.float32) / scale).to(dt)
+    tl.store(out_ptr + row * dim + cols, tl.where(is_audio, audio, x), mask=mask)
+
+
+def frame_embed(frame: Tensor, tok_emb: Tensor, cb_emb: Tensor, sem_start: int, codebook_size: int,
+                eos_id: int) -> Tensor:
+    """frame [B, 11] (restricted slow column: k < codebook_size is a semantic token, codebook_size is
+    end of speech; then the 10 codes) -> the slow AR's input embeddings [B, dim], as DualAR.embed."""
+    batch, cols = frame.shape
+    dim = tok_emb.shape[1]
+    out = torch.empty((batch, dim), dtype=tok_emb.dtype, device=tok_emb.device)
+    block = min(1024, triton.next_power_of_2(dim))
+    _frame_embed_kernel[(batch, triton.cdiv(dim, block))](
+        frame, frame.stride(0), tok_emb, cb_emb, out, dim, math.sqrt(cols), sem_start, codebook_size, eos_id,
+        NUM_CODEBOOKS=cols - 1, BLOCK=block, num_warps=4)
+    return out
+
+
+# -- sampling -------------------------------------------------------------------------------------
+# sampler.py defines the semantics; this is the same computation for one row per program, without a
+# sort: the kept set (a prefix of the logits ordered by value, then index) is found by a binary search
+# over a key that orders tokens that way, and the noise is the same counter-based hash.
+
+@triton.jit
+def _hash32(x):
+    """sampler._hash32 on uint32 (products wrap mod 2**32 as the reference's masks do)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x5BD1E995
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _draw(logits, keys, idx, noise_key, temperature, top_p, top_k, KEY_BITS: tl.constexpr):
+    """One token from float32 logits [V] (-inf where impossible): filter, temper, Exp(1) noise."""
+    m = tl.max(logits, axis=0)
+    e = tl.exp(logits - m)
+    p = e / tl.sum(e, axis=0)
+    # Smallest key threshold whose prefix respects top_k and top_p; the top token is always kept.
+    lo = tl.zeros((), tl.int64)
+    hi = tl.max(keys, axis=0)
+    for _ in range(KEY_BITS + 1):
+        mid = lo + (hi - lo) // 2
+        sel = keys >= mid
+        ok = (tl.sum(sel.to(tl.int32), axis=0) <= top_k) & (tl.sum(tl.where(sel, p, 0.0), axis=0) <= top_p)
+        active = lo < hi
+        hi = tl.where(active & ok, mid, hi)
+        lo = tl.where(active & ~ok, mid + 1, lo)
+    x = tl.where(keys >= hi, logits / tl.maximum(temperature, 1e-5), float("-inf"))
+    q = tl.exp(x - tl.max(x, axis=0))
+    probs = q / tl.sum(q, axis=0)
+    bits = _hash32(noise_key ^ _hash32(idx.to(tl.uint32) * 0x2545F491))
+    uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    return tl.argmax(probs / -tl.log(uniform), axis=0, tie_break_left=True)
+
+
+@triton.jit
+def _sample_kernel(logits_ptr, stride_l, vocab, slots_ptr, frames_ptr, temp_ptr, top_p_ptr, top_k_ptr,
+                   ras_ptr, seed_ptr, recent_ptr, out_ptr, stride_o, out_col, draw, ignore_ptr,
+                   SLOW: tl.constexpr, WINDOW: tl.constexpr, BLOCK_V: tl.constexpr, SHIFT: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    idx = tl.arange(0, BLOCK_V)
+    valid = idx < vocab
+    logits = tl.load(logits_ptr + row * stride_l + idx, mask=valid, other=float("-inf")).to(tl.float32)
+    if SLOW:
+        ignore_last = tl.load(ignore_ptr)
+        logits = tl.where(valid & ((idx < vocab - 1) | (ignore_last == 0)), logits, float("-inf"))
+    # Order key: value (with -0.0 as +0.0), then lower index first; padding gets -1.
+    bits = (logits + 0.0).to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    order = tl.where(bits >= 0x80000000, 0xFFFFFFFF - bits, bits + 0x80000000) >> SHIFT
+    keys = tl.where(valid, order * 8192 + (8191 - idx), -1)
+    slot = tl.load(slots_ptr + row)
+    seed = tl.load(seed_ptr + slot)
+    top_k = tl.load(top_k_ptr + slot)
+    temperature = tl.load(temp_ptr + slot)
+    top_p = tl.load(top_p_ptr + slot)
+    seed_key = _hash32(seed.to(tl.uint32) ^ _hash32((seed >> 32).to(tl.uint32)))
+    counter = tl.load(frames_ptr + row) * 16 + draw
+    tok = _draw(logits, keys, idx, _hash32(seed_key ^ _hash32(counter.to(tl.uint32))),
+                temperature, top_p, top_k, 32 - SHIFT + 13)
+    if SLOW:
+        high = _draw(logits, keys, idx, _hash32(seed_key ^ _hash32((counter + 1).to(tl.uint32))),
+                     1.0, 0.9, top_k, 32 - SHIFT + 13)
+        w = tl.arange(0, 16)
+        recent = tl.load(recent_ptr + slot * WINDOW + w, mask=w < WINDOW, other=-2)
+        repeats = tl.sum((recent == tok).to(tl.int32), axis=0) > 0
+        ras = tl.load(ras_ptr + slot).to(tl.int32) != 0
+        tok = tl.where(ras & (tok < vocab - 1) & repeats, high, tok)
+        shifted = tl.load(recent_ptr + slot * WINDOW + w + 1, mask=w < WINDOW - 1, other=-2)
+        tl.store(recent_ptr + slot * WINDOW + w, tl.where(w == WINDOW - 1, tok.to(tl.int64), shifted),
+                 mask=w < WINDOW)
+        tl.store(out_ptr + row * stride_o + out_col + 1, tl.minimum(tok, vocab - 2).to(tl.int64))
+    tl.store(out_ptr + row * stride_o + out_col, tok.to(tl.int64))
+
+
+def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tensor, out_col: int,
+                draw: int, recent: Tensor | None = None, ignore_last: Tensor | None = None) -> None:
+    """Sample one token per row of logits [B, V] into out[:, out_col] (int64 [B, C]).
+
+    params: sampler.BatchParams indexed by `slots` [B]; frames [B] the frame counter; `draw` the
+    frame's draw id. With `recent` ([rows, window] by slot) this is the slow AR's draw: a second draw
+    (id draw + 1) at the RAS temperature/top-p replaces a semantic token that repeats in the window,
+    and the window is pushed in place; a nonzero `ignore_last` (int32 [1], read on the device, required
+    with `recent`) makes the last column impossible. The slow draw also stores its token clamped to a
+    code (codebook 0, the fast AR's first input) in out_col + 1."""
+    batch, vocab = logits.shape
+    slow = recent is not None
+    if slow and ignore_last is None:
+        raise ValueError("the slow draw needs the ignore_last flag tensor")
+    _sample_kernel[(batch,)](
+        logits, logits.stride(0), vocab, slots, frames, params.temperature, params.top_p, params.top_k,
+        params.ras, params.seed, recent if slow else out, out, out.stride(0), out_col, draw,
+        ignore_last if slow else slots,
+        SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
+        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=8)

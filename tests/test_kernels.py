@@ -1,0 +1,217 @@
+"""The fused Triton kernels against the module path they replace (same inputs, same seeds).
+
+On a machine without a GPU they run through Triton's interpreter on CPU tensors in float32 (conftest
+sets TRITON_INTERPRET); on the GPU machine the same tests run on CUDA, also in bfloat16.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import kernels
+from engine.attention import paged_decode_reference
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
+from engine.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+from engine.triton_attention import paged_decode_triton
+from tests.test_engine import random_prompt, run_engine
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# The interpreter cannot hold bfloat16 (numpy has none): bf16 runs where the kernels really compile.
+DTYPES = [torch.float32] + ([torch.bfloat16] if DEV.type == "cuda" else [])
+
+
+@pytest.fixture(scope="module")
+def dev_model(tiny_model, tiny_dir):
+    """The tiny checkpoint in float32 on the device the kernels run on."""
+    if DEV.type == "cpu":
+        return tiny_model
+    from engine.loader import load_model_dir
+    return load_model_dir(tiny_dir, DEV, torch.float32)
+
+
+def tol(dtype: torch.dtype) -> dict:
+    return {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_add_rmsnorm_matches_module(dtype, with_delta) -> None:
+    g = torch.Generator().manual_seed(1)
+    x, d = (torch.randn(5, 96, generator=g).to(DEV, dtype) for _ in range(2))
+    norm = RMSNorm(96, 1e-6).to(DEV, dtype)
+    norm.weight.data = torch.randn(96, generator=g).to(DEV, dtype)
+    h, out = kernels.add_rmsnorm(x, d if with_delta else None, norm.weight, 1e-6)
+    want_h = x + d if with_delta else x
+    assert torch.equal(h, want_h)
+    torch.testing.assert_close(out, norm(want_h), **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_qk_rope_write_matches_attention_path(dtype, qk_norm) -> None:
+    g = torch.Generator().manual_seed(2)
+    heads, kv_heads, dim, n = 4, 2, 16, 3
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * dim, generator=g).to(DEV, dtype)
+    q_norm, k_norm = RMSNorm(dim, 1e-6).to(DEV, dtype), RMSNorm(dim, 1e-6).to(DEV, dtype)
+    q_norm.weight.data = torch.randn(dim, generator=g).to(DEV, dtype)
+    k_norm.weight.data = torch.randn(dim, generator=g).to(DEV, dtype)
+    rope = rope_table(100, dim, 1e6, DEV)
+    positions = torch.tensor([0, 5, 77], device=DEV)
+    slots = torch.tensor([13, 2, 7], device=DEV)
+    k_pool = torch.zeros(4, 4, kv_heads, dim, device=DEV, dtype=dtype)
+    v_pool = torch.zeros_like(k_pool)
+    q = kernels.qk_rope_write(qkv, q_norm.weight if qk_norm else None, k_norm.weight if qk_norm else None,
+                              1e-6, torch.view_as_real(rope).contiguous(), positions, slots, k_pool, v_pool,
+                              heads, kv_heads)
+    wq, wk, wv = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    wq, wk, wv = wq.unflatten(-1, (heads, dim)), wk.unflatten(-1, (kv_heads, dim)), wv.unflatten(-1, (kv_heads, dim))
+    if qk_norm:
+        wq, wk = q_norm(wq), k_norm(wk)
+    torch.testing.assert_close(q, apply_rope(wq, rope[positions]), **tol(dtype))
+    torch.testing.assert_close(k_pool.flatten(0, 1)[slots], apply_rope(wk, rope[positions]), **tol(dtype))
+    assert torch.equal(v_pool.flatten(0, 1)[slots], wv)
+    untouched = torch.ones(16, dtype=torch.bool, device=DEV)
+    untouched[slots] = False
+    assert not k_pool.flatten(0, 1)[untouched].any() and not v_pool.flatten(0, 1)[untouched].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_matches_feed_forward_gate(dtype) -> None:
+    gu = torch.randn(3, 2 * 1500, generator=torch.Generator().manual_seed(3)).to(DEV, dtype)
+    want = F.silu(gu[:, :1500]) * gu[:, 1500:]
+    torch.testing.assert_close(kernels.silu_mul(gu), want, **tol(dtype))
+
+
+def test_fused_stack_matches_blocks(tiny_model) -> None:
+    """A whole stack (norms, attention through the caller, SwiGLU, final norm) equals run_layers."""
+    from engine.fused_stack import FusedStack
+    from engine.models.layers import run_layers
+    from engine.models.layers import sdpa_gqa
+    model = tiny_model.model
+    cfg = model.cfg.text
+    layers = torch.nn.ModuleList(Block(cfg) for _ in range(2)).to(DEV)
+    norm = RMSNorm(cfg.dim, cfg.norm_eps).to(DEV)
+    with torch.no_grad():
+        for p in list(layers.parameters()) + list(norm.parameters()):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.2)
+    rope = rope_table(64, cfg.head_dim, cfg.rope_base, DEV)
+    n = 7
+    x = torch.randn(n, cfg.dim, generator=torch.Generator().manual_seed(4)).to(DEV)
+    positions = torch.arange(n, device=DEV)
+    mask = torch.ones(n, n, dtype=torch.bool, device=DEV).tril()
+    cache: dict[int, tuple] = {}
+
+    def attend(layer, q, k, v):
+        cache[layer] = (k, v)
+        return sdpa_gqa(q, k, v, mask)
+
+    with torch.no_grad():
+        want = run_layers(layers, norm, x, rope[positions], attend)
+        stack = FusedStack(layers, norm, cfg, rope)
+        pools = [torch.zeros(n, cfg.n_local_heads, cfg.head_dim, device=DEV) for _ in range(4)]
+        got = stack.forward(x, positions, positions, pools[:2], pools[2:],
+                            lambda layer, q: sdpa_gqa(q, pools[layer], pools[2 + layer], mask))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for layer in range(2):
+        torch.testing.assert_close(pools[layer], cache[layer][0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the gate/up re-pointing keeps the modules' own forward intact
+        torch.testing.assert_close(run_layers(layers, norm, x, rope[positions], attend), want)
+
+
+def test_frame_embed_matches_dual_ar_embed(dev_model) -> None:
+    model = dev_model.model
+    mc = model.cfg
+    g = torch.Generator().manual_seed(5)
+    frame = torch.randint(0, 4096, (4, 11), generator=g)
+    frame[2, 0] = mc.codebook_size  # end of speech
+    frame[:, 1] = frame[:, 0].clamp(max=mc.codebook_size - 1)
+    frame = frame.to(DEV)
+    grid = torch.cat([model.restricted_to_token(frame[:, 0])[None], frame[:, 1:].T])
+    got = kernels.frame_embed(frame, model.text_model.model.embeddings.weight,
+                              model.audio_decoder.codebook_embeddings.weight, mc.semantic_start_token_id,
+                              mc.codebook_size, mc.eos_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(got, model.embed(grid), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 8])
+def test_paged_decode_kernel_matches_reference(num_splits) -> None:
+    g = torch.Generator().manual_seed(6)
+    kv_heads, heads, dim, block = 2, 4, 16, 16
+    k_pool = torch.randn(20, block, kv_heads, dim, generator=g).to(DEV)
+    v_pool = torch.randn(20, block, kv_heads, dim, generator=g).to(DEV)
+    q = torch.randn(3, heads, dim, generator=g).to(DEV)
+    lens = torch.tensor([1, 17, 150], device=DEV)
+    tables = torch.stack([torch.randperm(19, generator=g)[:10] for _ in range(3)]).to(DEV)
+    got = paged_decode_triton(q, k_pool, v_pool, tables, lens, num_splits)
+    torch.testing.assert_close(got, paged_decode_reference(q, k_pool, v_pool, tables, lens), atol=1e-5, rtol=1e-5)
+
+
+PARAMS = [SamplingParams(temperature=0.8, top_p=0.8, top_k=30, seed=1),
+          SamplingParams(temperature=1.0, top_p=1.0, top_k=4096, seed=2**40 + 3),
+          SamplingParams(temperature=0.3, top_p=0.5, top_k=5, seed=7, ras=False),
+          SamplingParams(temperature=0.0, top_p=0.9, top_k=100, seed=9),
+          SamplingParams(temperature=1.5, top_p=0.99, top_k=1, seed=11),
+          SamplingParams(temperature=0.7, top_p=0.95, top_k=2000, seed=13)]
+
+
+@pytest.mark.parametrize("kind", ["wide", "peaked", "ties", "bf16"])
+def test_sampling_kernel_equals_reference_sampler(kind) -> None:
+    """Slow draw (RAS, end-of-speech suppression) and fast draw: the same tokens as sampler.py."""
+    if kind == "bf16" and DEV.type != "cuda":
+        pytest.skip("bfloat16 logits need the compiled kernel (GPU machine)")
+    g = torch.Generator().manual_seed({"wide": 1, "peaked": 2, "ties": 3, "bf16": 4}[kind])
+    batch = len(PARAMS)
+    logits = torch.randn(batch, 4097, generator=g) * (4.0 if kind == "peaked" else 1.0)
+    if kind == "ties":
+        logits = (logits * 4).round() / 4  # many equal values: the order among them is by index
+    if kind == "bf16":
+        logits = logits.bfloat16()
+    logits = logits.to(DEV)
+    params = BatchParams.build(PARAMS, DEV)
+    slots = torch.arange(batch, device=DEV)
+    frames = torch.tensor([0, 5, 17, 100, 3, 9], device=DEV)
+    for ignore in (0, 1):
+        recent = torch.randint(0, 4096, (batch, 10), generator=g).to(DEV)
+        recent[:, 0] = -1
+        # make RAS fire: put each row's normal draw into its window
+        normal = sample_slow(logits.float(), BatchParams(params.temperature, params.top_p, params.top_k,
+                                                         torch.zeros_like(params.ras), params.seed),
+                             frames, recent)
+        recent[::2, 4] = normal[::2]
+        want_logits = logits.float().clone()
+        if ignore:
+            want_logits[:, -1] = float("-inf")
+        want = sample_slow(want_logits, params, frames, recent)
+        out = torch.zeros(batch, 11, dtype=torch.long, device=DEV)
+        window = recent.clone()
+        kernels.sample_into(logits, slots, frames, params, out, 0, 0, recent=window,
+                            ignore_last=torch.tensor([ignore], dtype=torch.int32, device=DEV))
+        assert torch.equal(out[:, 0], want), (out[:, 0], want)
+        assert torch.equal(out[:, 1], want.clamp(max=4095))
+        assert torch.equal(window, push_recent(recent, want))
+    fast = logits[:, :4096].contiguous()
+    out = torch.zeros(batch, 11, dtype=torch.long, device=DEV)
+    kernels.sample_into(fast, slots, frames, params, out, 5, 2 + 4)
+    assert torch.equal(out[:, 5], sample_fast(fast.float(), params, frames, 4))
+
+
+def test_fused_engine_equals_module_engine(dev_model) -> None:
+    """The whole fused path (prefill, frames, fast AR, sampling) against the module path, float32."""
+    model = dev_model
+    arrivals = [(0, random_prompt(model, 700, 20, 30), SamplingParams(seed=1), 3),
+                (1, random_prompt(model, 701, 12, 9), SamplingParams(seed=2, top_k=4096, top_p=1.0,
+                                                                      temperature=1.2), 2)]
+    results = []
+    for fused in (False, True):
+        engine = Engine(model, EngineConfig(num_blocks=32, block_size=16, max_batch=2, cuda_graphs=False,
+                                            fused_kernels=fused))
+        assert engine.runner.fused == fused
+        results.append(run_engine(engine, arrivals))
+    for i in range(len(arrivals)):
+        assert results[1][i].shape == (10, arrivals[i][3])
+        assert np.array_equal(results[0][i], results[1][i]), f"request {i}"
