@@ -125,9 +125,7 @@ def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, r
     while engine.has_work():
         t0 = time.perf_counter()
         running_before = sum(1 for s in engine.scheduler.running if not s.in_prefill)
-        engine.step()
-        if engine.graphs is not None or engine.loaded.device.type == "cuda":
-            torch.cuda.synchronize()
+        engine.step()  # no device sync here: it would stop the next frame from overlapping host work
         if running_before == concurrency:
             decode_steps += 1
             decode_time += time.perf_counter() - t0
@@ -162,6 +160,34 @@ def breakdown(engine: Engine, concurrency: int, frames: int, prefix_hit: bool) -
     return f"breakdown conc {concurrency}{' (prefix hit)' if prefix_hit else ''}: " + ", ".join(parts)
 
 
+def kernel_profile(engine: Engine, concurrency: int, steps: int = 10) -> str:
+    """The GPU kernels of `steps` decode frames at `concurrency` (torch.profiler), heaviest first."""
+    from torch.profiler import ProfilerActivity, profile
+    cfg = engine.loaded.config
+    ids = [engine.add_prompt(make_prompt(cfg, 5000 + i, 5000 + i), SamplingParams(seed=i), steps + 50)
+           for i in range(concurrency)]
+    while sum(1 for s in engine.scheduler.running if not s.in_prefill) < concurrency:
+        engine.step()
+    engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    for rid in ids:
+        engine.abort(rid)
+    while engine.has_work():
+        engine.step()
+    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    total = sum(e.self_device_time_total for e in events) / steps / 1e3
+    count = sum(e.count for e in events) / steps
+    lines = [f"kernels at concurrency {concurrency}: {count:.0f} per frame, {total:.2f} ms of kernel time per frame"]
+    for e in events[:25]:
+        lines.append(f"  {e.self_device_time_total / steps / 1e3:7.3f} ms  x{e.count / steps:5.0f}  {e.key[:110]}")
+    return "\n".join(lines)
+
+
 def bench(args: argparse.Namespace) -> list[Row]:
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp())
@@ -176,6 +202,9 @@ def bench(args: argparse.Namespace) -> list[Row]:
                                          overlap_vocoder=not args.no_overlap))
     engine.runner.ignore_eos = True
     run_round(engine, 2, 4, False, 0)  # first prefill/frames of the process pay one-time setup
+    if args.kernel_profile and device.type == "cuda":
+        for c in sweep:
+            print(kernel_profile(engine, c), flush=True)
     rows = []
     for i, (c, hit) in enumerate([(c, False) for c in sweep] + [(c, True) for c in args.hit_concurrency]):
         if hit:  # warm the prefix cache with the shared voice
@@ -228,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--breakdown", action="store_true", help="also time prefill/frame/vocoder per round")
     p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
+    p.add_argument("--kernel-profile", action="store_true", help="print the GPU kernels of a frame per concurrency")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -22,7 +22,7 @@ from engine.kv_cache import BlockManager
 from engine.loader import LoadedModel
 from engine.metrics import EngineMetrics, RequestTimes
 from engine.prompt import Reference, build_prompt, split_text
-from engine.request import Sequence, SynthesisRequest, new_request_id, now
+from engine.request import Sequence, Status, SynthesisRequest, new_request_id, now
 from engine.runner import ModelRunner, RunnerConfig
 from engine.sampler import SamplingParams
 from engine.scheduler import Scheduler
@@ -42,6 +42,21 @@ class Event:
     error: str | None = None
     chunk_index: int = 0
     stats: dict[str, float | int | None] | None = None  # final figures, on the finishing event
+
+
+@dataclass
+class _Launched:
+    """A queued decode frame: its sequences and where its [B, 11] output lands."""
+
+    seqs: list[Sequence]
+    out: Tensor
+    done: torch.cuda.Event | None = None
+
+    def rows(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()
+            return self.out.numpy().copy()
+        return self.out.cpu().numpy()
 
 
 @dataclass
@@ -76,6 +91,13 @@ class Engine:
                                     cfg.overlap_vocoder)
         if loaded.device.type == "cuda":
             self.streams.warm_up()
+        self.run_ahead = loaded.device.type == "cuda" if cfg.run_ahead is None else cfg.run_ahead
+        self.inflight: _Launched | None = None  # run-ahead: the frame queued last step, not yet read
+        self._host_out: list[Tensor] = []  # pinned buffers the frame outputs are copied to (CUDA)
+        if loaded.device.type == "cuda":
+            self._host_out = [torch.empty((cfg.max_batch, loaded.config.num_codebooks + 1), dtype=torch.long,
+                                          pin_memory=True) for _ in range(2)]
+        self._launches = 0
         self.jobs: dict[int, Job] = {}
         self.pending: list[Event] = []
         self.metrics = EngineMetrics()
@@ -152,13 +174,16 @@ class Engine:
         self.pending.append(Event(request_id, finished=True, reason="aborted"))
 
     def has_work(self) -> bool:
-        return bool(self.pending) or self.scheduler.has_work()
+        return bool(self.pending) or self.scheduler.has_work() or self.inflight is not None
 
     def queue_position(self, request_id: int) -> int:
         return self.scheduler.queue_position(request_id)
 
     # -- stepping ---------------------------------------------------------------------------
     def step(self) -> list[Event]:
+        """Prefill what the scheduler planned, queue one decode frame for the running sequences,
+        decode due audio, and turn the last frame's tokens into events. With run-ahead the frame
+        read here is the one queued by the previous step (the device already works on the next)."""
         events, self.pending = self.pending, []
         plan = self.scheduler.schedule()
         if plan.prefill:
@@ -167,25 +192,45 @@ class Engine:
                 seq.num_computed = start + n
                 if not seq.in_prefill:
                     self.scheduler.publish_prompt(seq)
-        if plan.decode:
-            for seq in plan.decode:
-                if not seq.frames:
+        # A sequence whose frame budget is already covered by in-flight frames waits for them.
+        decode = [s for s in plan.decode if len(s.frames) + s.inflight < s.max_new_frames]
+        launched = None
+        if decode:
+            for seq in decode:
+                if not seq.started:
                     self.runner.start_sequence(seq.slot, self.jobs[seq.request_id].params)
-            frame = self._launch_frame(plan.decode)
+                    seq.started = True
+            launched = self._launch_frame(decode)
         # Audio of earlier frames is decoded while the GPU runs this frame (a second CUDA stream).
         events += self._vocode(flush=set())
-        if plan.decode:
-            events += self._advance(plan.decode, frame.cpu().numpy())
-        self.metrics.step(len(plan.decode), self.blocks)
+        if self.run_ahead:
+            ready, self.inflight = self.inflight, launched
+        else:
+            ready = launched
+        if ready is not None:
+            events += self._advance(ready.seqs, ready.rows())
+        self.metrics.step(len(decode), self.blocks)
         return events
 
-    def _launch_frame(self, seqs: list[Sequence]) -> Tensor:
-        """Queue one decode frame on the device; returns its [B, 11] output without waiting for it."""
-        offsets = [s.frame_offset + len(s.frames) for s in seqs]
+    def _launch_frame(self, seqs: list[Sequence]) -> _Launched:
+        """Queue one decode frame on the device; its [B, 11] output is read later (_Launched.rows)."""
+        offsets = [s.frame_offset + len(s.frames) + s.inflight for s in seqs]
         if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
-            return self.graphs.launch(seqs, offsets)
-        inp = self.runner.frame_inputs(seqs, offsets, len(seqs))
-        return self.runner.decode_frame(inp)
+            out = self.graphs.launch(seqs, offsets)
+        else:
+            out = self.runner.decode_frame(self.runner.frame_inputs(seqs, offsets, len(seqs)))
+        for s in seqs:
+            s.inflight += 1
+        if not self._host_out:
+            return _Launched(seqs, out)
+        # Copy to pinned memory behind the frame: reading it later waits for this frame only, not
+        # for the frame queued after it (a graph's output buffer is overwritten by its next replay).
+        host = self._host_out[self._launches % 2][:len(seqs)]
+        self._launches += 1
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Launched(seqs, host, done)
 
     def _vocode(self, flush: set[int]) -> list[Event]:
         events = []
@@ -199,6 +244,9 @@ class Engine:
         eos_col = self.loaded.config.codebook_size
         sem_start = self.loaded.config.semantic_start_token_id
         for seq, row in zip(seqs, rows):
+            seq.inflight -= 1
+            if seq.status is not Status.RUNNING:
+                continue  # ended (or was aborted) after this frame was queued: its row is void
             job = self.jobs[seq.request_id]
             if int(row[0]) == eos_col:
                 ended.append((job, "eos"))

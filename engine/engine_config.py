@@ -25,6 +25,8 @@ class EngineConfig:
     max_reference_seconds: float = 30.0
     vocoder_group_frames: int = 8  # streamed audio is decoded in groups of up to this many frames
     overlap_vocoder: bool = True  # CUDA: decode audio on a second stream, overlapping the next frame
+    # Queue frame k+1 before reading frame k, so host work hides behind the device (None = on CUDA).
+    run_ahead: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:

@@ -70,6 +70,8 @@ class Sequence:
     num_computed: int = 0  # prompt tokens whose KV is in the cache
     slot: int = -1  # row in the runner's per-sequence state buffers
     alloc: object | None = None  # kv_cache.Allocation
+    inflight: int = 0  # frames launched on the device whose output has not been read yet
+    started: bool = False  # its sampling state is loaded (first frame launched)
 
     @property
     def prompt_len(self) -> int:
@@ -78,6 +80,11 @@ class Sequence:
     @property
     def in_prefill(self) -> bool:
         return self.num_computed < self.prompt_len
+
+    @property
+    def next_position(self) -> int:
+        """Position of the column the next launched frame feeds to the slow AR."""
+        return self.prompt_len + len(self.frames) + self.inflight
 
     @property
     def total_tokens(self) -> int:

@@ -181,7 +181,7 @@ class ModelRunner:
         """Inputs for one frame. Eager runs size block tables to the longest context in the batch;
         CUDA graphs need the fixed full width (`full_width`)."""
         n = len(seqs)
-        positions = [s.prompt_len + len(s.frames) for s in seqs]
+        positions = [s.next_position for s in seqs]
         slot_mapping = [self.slot_of(s.alloc.block_table, p) for s, p in zip(seqs, positions)]
         pad = pad_to - n
         scratch = self.scratch_block * self.cfg.block_size

@@ -47,8 +47,9 @@ def run_engine(engine: Engine, arrivals: list[tuple[int, torch.Tensor, SamplingP
             for i in range(len(arrivals))}
 
 
-@pytest.mark.parametrize("concurrency", [1, 3, 8])
-def test_batched_engine_equals_reference(tiny_model: LoadedModel, concurrency: int) -> None:
+@pytest.mark.parametrize("concurrency,run_ahead", [(1, False), (3, False), (8, False), (3, True), (8, True)])
+def test_batched_engine_equals_reference(tiny_model: LoadedModel, concurrency: int, run_ahead: bool) -> None:
+    """run_ahead: each step queues the next frame before reading the last (the CUDA default)."""
     rng = random.Random(concurrency)
     arrivals = []
     for i in range(concurrency):
@@ -56,7 +57,9 @@ def test_batched_engine_equals_reference(tiny_model: LoadedModel, concurrency: i
                                 top_k=rng.choice([5, 30, 200]), ras=rng.random() < 0.7, seed=rng.randrange(1000))
         prompt = random_prompt(tiny_model, 100 + i, rng.randrange(8, 40), rng.randrange(0, 50))
         arrivals.append((rng.randrange(0, 6) if i else 0, prompt, params, rng.randrange(5, 25)))
-    engine = Engine(tiny_model, EngineConfig(num_blocks=256, block_size=16, max_batch=8, prefill_budget=48))
+    engine = Engine(tiny_model, EngineConfig(num_blocks=256, block_size=16, max_batch=8, prefill_budget=48,
+                                             run_ahead=run_ahead))
+    assert engine.run_ahead == run_ahead
     got = run_engine(engine, arrivals)
     for i, (_, prompt, params, max_frames) in enumerate(arrivals):
         want = generate(tiny_model.model, prompt, params, max_frames).numpy()

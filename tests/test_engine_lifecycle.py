@@ -29,8 +29,10 @@ def drain(engine: Engine) -> dict[int, list]:
     raise AssertionError("engine did not drain")
 
 
-def test_random_start_abort_cycles_leave_no_leak(tiny_model: LoadedModel) -> None:
-    engine = Engine(tiny_model, EngineConfig(num_blocks=40, block_size=16, max_batch=4, prefill_budget=64))
+@pytest.mark.parametrize("run_ahead", [False, True])
+def test_random_start_abort_cycles_leave_no_leak(tiny_model: LoadedModel, run_ahead: bool) -> None:
+    engine = Engine(tiny_model, EngineConfig(num_blocks=40, block_size=16, max_batch=4, prefill_budget=64,
+                                             run_ahead=run_ahead))
     rng = random.Random(0)
     live: list[int] = []
     for cycle in range(50):
@@ -100,12 +102,14 @@ def long_text() -> str:
     return text
 
 
-def test_long_text_completes_all_chunks_in_order(talkative_model: LoadedModel) -> None:
+@pytest.mark.parametrize("run_ahead", [False, True])
+def test_long_text_completes_all_chunks_in_order(talkative_model: LoadedModel, run_ahead: bool) -> None:
     text = long_text()
     chunk_length = 400
     chunks = split_text(text, chunk_length)
     assert len(chunks) >= 5
-    engine = Engine(talkative_model, EngineConfig(num_blocks=1024, block_size=16, max_batch=2))
+    engine = Engine(talkative_model, EngineConfig(num_blocks=1024, block_size=16, max_batch=2,
+                                                  run_ahead=run_ahead))
     params = SamplingParams(seed=4)
     rid = engine.add_request(SynthesisRequest(text, sampling=params, max_frames=2000,
                                               chunk_length=chunk_length, stream_pcm=False))
