@@ -41,7 +41,8 @@ class AudioStreams:
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_rows] + [max_rows]
         self.device = next(codec.parameters()).device
         cuda = self.device.type == "cuda"
-        self.side = torch.cuda.Stream(self.device) if cuda and overlap else None
+        # High priority: a stream's first audio must not queue behind the next AR frame's kernels.
+        self.side = torch.cuda.Stream(self.device, priority=-1) if cuda and overlap else None
         self.pad = cuda
         self.group_frames = group_frames
         self.free_rows = list(range(max_rows - 1, -1, -1))

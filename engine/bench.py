@@ -160,31 +160,48 @@ def breakdown(engine: Engine, concurrency: int, frames: int, prefix_hit: bool) -
     return f"breakdown conc {concurrency}{' (prefix hit)' if prefix_hit else ''}: " + ", ".join(parts)
 
 
-def kernel_profile(engine: Engine, concurrency: int, steps: int = 10) -> str:
-    """The GPU kernels of `steps` decode frames at `concurrency` (torch.profiler), heaviest first."""
-    from torch.profiler import ProfilerActivity, profile
-    cfg = engine.loaded.config
-    ids = [engine.add_prompt(make_prompt(cfg, 5000 + i, 5000 + i), SamplingParams(seed=i), steps + 50)
-           for i in range(concurrency)]
-    while sum(1 for s in engine.scheduler.running if not s.in_prefill) < concurrency:
-        engine.step()
-    engine.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            engine.step()
-        torch.cuda.synchronize()
-    for rid in ids:
-        engine.abort(rid)
-    while engine.has_work():
-        engine.step()
+def _kernel_table(prof, steps: int, title: str, top: int = 25) -> list[str]:
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
     total = sum(e.self_device_time_total for e in events) / steps / 1e3
     count = sum(e.count for e in events) / steps
-    lines = [f"kernels at concurrency {concurrency}: {count:.0f} per frame, {total:.2f} ms of kernel time per frame"]
-    for e in events[:25]:
+    lines = [f"{title}: {count:.0f} kernels, {total:.2f} ms of kernel time"]
+    for e in events[:top]:
         lines.append(f"  {e.self_device_time_total / steps / 1e3:7.3f} ms  x{e.count / steps:5.0f}  {e.key[:110]}")
+    return lines
+
+
+def kernel_profile(engine: Engine, concurrency: int, steps: int = 10) -> str:
+    """The GPU kernels of a cold prefill step and of `steps` decode frames at `concurrency`
+    (torch.profiler), heaviest first."""
+    from torch.profiler import ProfilerActivity, profile
+    cfg = engine.loaded.config
+    ids = [engine.add_prompt(make_prompt(cfg, 5000 + concurrency, 5000 + concurrency), SamplingParams(), steps + 50)]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.step()  # the prompt's prefill (and its first frame)
+        torch.cuda.synchronize()
+    lines = _kernel_table(prof, 1, f"prefill step, one {REFERENCE_FRAMES + TEXT_TOKENS}-token prompt "
+                                   f"({(time.perf_counter() - start) * 1e3:.1f} ms wall)", 12)
+    ids += [engine.add_prompt(make_prompt(cfg, 5000 + i, 5000 + i), SamplingParams(seed=i), steps + 50)
+            for i in range(1, concurrency)]
+    while sum(1 for s in engine.scheduler.running if not s.in_prefill) < concurrency:
+        engine.step()
+    engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) * 1e3 / steps
+    for rid in ids:
+        engine.abort(rid)
+    while engine.has_work():
+        engine.step()
+    lines += _kernel_table(prof, steps, f"decode frame at concurrency {concurrency} ({wall:.2f} ms wall per step, "
+                                        f"profiler on)")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class _Launched:
     seqs: list[Sequence]
     out: Tensor
     done: torch.cuda.Event | None = None
+    first_audio: bool = False  # holds the first frame of a streaming request
 
     def rows(self) -> np.ndarray:
         if self.done is not None:
@@ -185,6 +186,11 @@ class Engine:
         decode due audio, and turn the last frame's tokens into events. With run-ahead the frame
         read here is the one queued by the previous step (the device already works on the next)."""
         events, self.pending = self.pending, []
+        if self.inflight is not None and self.inflight.first_audio:
+            # A stream's first frame is in flight: read it and decode its audio before queueing the
+            # next frame (overlapped, the codec's kernels would wait behind the AR frame's).
+            ready, self.inflight = self.inflight, None
+            events += self._advance(ready.seqs, ready.rows())
         plan = self.scheduler.schedule()
         if plan.prefill:
             self.runner.prefill(plan.prefill)
@@ -219,10 +225,11 @@ class Engine:
             out = self.graphs.launch(seqs, offsets)
         else:
             out = self.runner.decode_frame(self.runner.frame_inputs(seqs, offsets, len(seqs)))
+        first_audio = any(not s.frames and not s.inflight and s.request_id in self.streams.streams for s in seqs)
         for s in seqs:
             s.inflight += 1
         if not self._host_out:
-            return _Launched(seqs, out)
+            return _Launched(seqs, out, first_audio=first_audio)
         # Copy to pinned memory behind the frame: reading it later waits for this frame only, not
         # for the frame queued after it (a graph's output buffer is overwritten by its next replay).
         host = self._host_out[self._launches % 2][:len(seqs)]
@@ -230,7 +237,7 @@ class Engine:
         host.copy_(out, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        return _Launched(seqs, host, done)
+        return _Launched(seqs, host, done, first_audio)
 
     def _vocode(self, flush: set[int]) -> list[Event]:
         events = []

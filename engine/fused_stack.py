@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine import kernels
@@ -70,11 +69,11 @@ class FusedStack:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h, n = kernels.add_rmsnorm(h, delta, layer.attn_norm, eps)
-            q = kernels.qk_rope_write(F.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps, self.rope,
+            q = kernels.qk_rope_write(kernels.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps, self.rope,
                                       positions, slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
             if kv_only_last and i == last:
                 return None
-            delta = F.linear(attend(i, q).flatten(1), layer.wo)
+            delta = kernels.linear(attend(i, q).flatten(1), layer.wo)
             h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
-            delta = F.linear(kernels.silu_mul(F.linear(n, layer.w13)), layer.w2)
+            delta = kernels.linear(kernels.silu_mul(kernels.linear(n, layer.w13)), layer.w2)
         return kernels.add_rmsnorm(h, delta, self.final_norm, eps)[1]

@@ -253,7 +253,7 @@ class ModelRunner:
         h = self.hidden[inp.slots]
         out = torch.empty((batch, mc.num_codebooks + 1), dtype=torch.long, device=self.device)
         assert DRAW_SLOW_RAS == DRAW_SLOW + 1
-        kernels.sample_into(F.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
+        kernels.sample_into(kernels.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
                             recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
         tables = self.fast_tables[:batch]
         x = h
@@ -266,7 +266,7 @@ class ModelRunner:
                                              num_splits=1),
                 kv_only_last=pos == 0)  # position 0 (the slow hidden) only fills the fast cache
             if pos > 0:
-                kernels.sample_into(F.linear(hidden, model.audio_decoder.output.weight),
+                kernels.sample_into(kernels.linear(hidden, model.audio_decoder.output.weight),
                                     inp.slots, inp.frames, self.params, out, pos + 1, DRAW_FAST + pos)
             if pos < mc.num_codebooks - 1:
                 x = F.embedding(out[:, pos + 1], model.audio_decoder.embeddings.weight)

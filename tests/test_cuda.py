@@ -80,3 +80,27 @@ def test_graph_captured_vocoder_stream_equals_one_shot_decode(cuda_model) -> Non
         all_codes = torch.from_numpy(np.concatenate(codes[rid], axis=1))[None].cuda()
         whole = cuda_model.codec.decode(all_codes)[0, 0].float().cpu().numpy()
         np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_prefill_attention_equals_masked_reference(dtype) -> None:
+    """The CUDA prefill path (causal bias aligned to the last key) against an explicit mask."""
+    from engine.attention import PrefillSegment, prefill_attention
+    from engine.models.layers import sdpa_gqa
+    torch.manual_seed(3)
+    k_pool = torch.randn(40, 16, 2, 64, device="cuda", dtype=dtype)
+    v_pool = torch.randn_like(k_pool)
+    table = torch.randperm(40, device="cuda")
+    segments = [PrefillSegment(0, 37, table[:3]), PrefillSegment(100, 45, table[3:13])]
+    q = torch.randn(37 + 45, 8, 64, device="cuda", dtype=dtype)
+    got = prefill_attention(q, k_pool, v_pool, segments)
+    want, offset = [], 0
+    for seg in segments:
+        total = seg.start + seg.num_tokens
+        k = k_pool[seg.block_table].flatten(0, 1)[:total].float()
+        v = v_pool[seg.block_table].flatten(0, 1)[:total].float()
+        mask = torch.arange(total, device="cuda")[None, :] <= torch.arange(seg.start, total, device="cuda")[:, None]
+        want.append(sdpa_gqa(q[offset:offset + seg.num_tokens].float(), k, v, mask))
+        offset += seg.num_tokens
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(got.float(), torch.cat(want), atol=tol, rtol=tol)

@@ -215,3 +215,30 @@ def test_fused_engine_equals_module_engine(dev_model) -> None:
     for i in range(len(arrivals)):
         assert results[1][i].shape == (10, arrivals[i][3])
         assert np.array_equal(results[0][i], results[1][i]), f"request {i}"
+
+
+def test_snake_kernel_matches_module() -> None:
+    from engine.models.codec_layers import Snake1d
+    g = torch.Generator().manual_seed(8)
+    act = Snake1d(6)
+    act.alpha.data = torch.rand(1, 6, 1, generator=g) * 3
+    x = torch.randn(2, 6, 300, generator=g) * 4
+    want = x + (act.alpha + 1e-9).reciprocal() * torch.sin(act.alpha * x).pow(2)
+    got = kernels.snake(x.to(DEV), act.alpha.to(DEV))
+    torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(300, 1024), (37, 4096), (70, 1536)])
+def test_gemv_matches_linear(dtype, n, k) -> None:
+    """The one-row projection kernel (each tile shape) against F.linear."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(1, k, generator=g).to(DEV, dtype)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
+    assert kernels.gemv_tiles(n, k) is not None
+    torch.testing.assert_close(kernels.linear(x, w).float(), F.linear(x, w).float(),
+                               **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
+    assert kernels.gemv_tiles(n, 1000) is None  # K that does not tile goes to F.linear
+    x2 = torch.randn(1, 1000, generator=g).to(DEV, dtype)
+    w2 = torch.randn(n, 1000, generator=g).to(DEV, dtype)
+    assert torch.equal(kernels.linear(x2, w2), F.linear(x2, w2))
