@@ -47,7 +47,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     p.add_argument("--max-batch", type=int, default=int(env.get("S2PRO_MAX_BATCH", "32")))
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: from free memory)")
     p.add_argument("--eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode frame (CUDA)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the module-path decode frame instead of the fused kernels (CUDA)")
     p.add_argument("--no-demo", action="store_true", help="fail instead of starting in demo mode")
     a = p.parse_args(argv)
     return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
