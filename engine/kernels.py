@@ -23,7 +23,29 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter has no libdevice
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Programmatic dependent launch (Hopper and later): a kernel is launched while the one before it is
+# still finishing, loads what does not depend on it (weights), then waits for it (gdc_wait). This hides
+# the launch gap and the ramp-up of each of the ~750 small kernels of a frame, also inside CUDA graphs.
+PDL = False
+if not INTERPRET and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+    try:
+        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+        PDL = True
+    except ImportError:
+        pass
+LAUNCH = {"launch_pdl": True, "PDL": True} if PDL else {"PDL": False}
+
+
+@triton.jit
+def _after_previous(PDL: tl.constexpr):
+    """Wait for the previous kernel's writes; let the next kernel start launching."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+if INTERPRET:  # the interpreter has no libdevice
     @triton.jit
     def _sin(x):
         return tl.sin(x)
@@ -37,7 +59,8 @@ else:  # full-precision sine (the fast hardware one drifts for large arguments)
 
 @triton.jit
 def _add_rmsnorm_kernel(x_ptr, d_ptr, h_ptr, out_ptr, w_ptr, dim, eps,
-                        HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr):
+                        HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < dim
@@ -61,14 +84,15 @@ def add_rmsnorm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> 
     if n:
         _add_rmsnorm_kernel[(n,)](x, x if delta is None else delta, h, out, weight, dim, eps,
                                   HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(dim),
-                                  num_warps=8 if dim >= 2048 else 4)
+                                  num_warps=8 if dim >= 2048 else 4, **LAUNCH)
     return h, out
 
 
 @triton.jit
 def _qk_rope_write_kernel(qkv_ptr, qw_ptr, kw_ptr, rope_ptr, pos_ptr, slot_ptr, q_ptr, k_pool, v_pool,
                           eps, n_head, n_kv,
-                          QK_NORM: tl.constexpr, HALF: tl.constexpr):
+                          QK_NORM: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
+    _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     dim: tl.constexpr = 2 * HALF
@@ -119,12 +143,13 @@ def qk_rope_write(qkv: Tensor, q_norm: Tensor | None, k_norm: Tensor | None, eps
         norm = q_norm is not None
         _qk_rope_write_kernel[(n, n_head + n_kv)](
             qkv, q_norm if norm else qkv, k_norm if norm else qkv, rope, positions, slots, q, k_pool, v_pool,
-            eps, n_head, n_kv, QK_NORM=norm, HALF=dim // 2, num_warps=1 if dim <= 64 else 2)
+            eps, n_head, n_kv, QK_NORM=norm, HALF=dim // 2, num_warps=1 if dim <= 64 else 2, **LAUNCH)
     return q
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, hidden, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, hidden, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -142,14 +167,15 @@ def silu_mul(gu: Tensor) -> Tensor:
     out = torch.empty((n, hidden), dtype=gu.dtype, device=gu.device)
     block = min(1024, triton.next_power_of_2(hidden))
     if n:
-        _silu_mul_kernel[(n, triton.cdiv(hidden, block))](gu, out, hidden, BLOCK=block, num_warps=4)
+        _silu_mul_kernel[(n, triton.cdiv(hidden, block))](gu, out, hidden, BLOCK=block, num_warps=4, **LAUNCH)
     return out
 
 
 @triton.jit
 def _frame_embed_kernel(grid_ptr, grid_stride, tok_emb, cb_emb, out_ptr, dim, scale,
                         sem_start, codebook_size, eos_id,
-                        NUM_CODEBOOKS: tl.constexpr, BLOCK: tl.constexpr):
+                        NUM_CODEBOOKS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < dim
@@ -177,7 +203,7 @@ def frame_embed(frame: Tensor, tok_emb: Tensor, cb_emb: Tensor, sem_start: int, 
     block = min(1024, triton.next_power_of_2(dim))
     _frame_embed_kernel[(batch, triton.cdiv(dim, block))](
         frame, frame.stride(0), tok_emb, cb_emb, out, dim, math.sqrt(cols), sem_start, codebook_size, eos_id,
-        NUM_CODEBOOKS=cols - 1, BLOCK=block, num_warps=4)
+        NUM_CODEBOOKS=cols - 1, BLOCK=block, num_warps=4, **LAUNCH)
     return out
 
 
@@ -223,7 +249,9 @@ def _draw(logits, keys, idx, noise_key, temperature, top_p, top_k, KEY_BITS: tl.
 @triton.jit
 def _sample_kernel(logits_ptr, stride_l, vocab, slots_ptr, frames_ptr, temp_ptr, top_p_ptr, top_k_ptr,
                    ras_ptr, seed_ptr, recent_ptr, out_ptr, stride_o, out_col, draw, ignore_ptr,
-                   SLOW: tl.constexpr, WINDOW: tl.constexpr, BLOCK_V: tl.constexpr, SHIFT: tl.constexpr):
+                   SLOW: tl.constexpr, WINDOW: tl.constexpr, BLOCK_V: tl.constexpr, SHIFT: tl.constexpr,
+                   PDL: tl.constexpr):
+    _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     idx = tl.arange(0, BLOCK_V)
     valid = idx < vocab
@@ -278,7 +306,7 @@ def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tens
         params.ras, params.seed, recent if slow else out, out, out.stride(0), out_col, draw,
         ignore_last if slow else slots,
         SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
-        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=8)
+        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=8, **LAUNCH)
 
 
 # -- codec ----------------------------------------------------------------------------------------
@@ -312,13 +340,15 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
 # bandwidth. Each program owns BLOCK_N rows of W and walks K; larger batches use cuBLAS.
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     k = tl.arange(0, BLOCK_K)
     rows = w_ptr + n.to(tl.int64)[:, None] * K
-    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    w = tl.load(rows + k[None, :], mask=n_mask[:, None], other=0.0)  # weights need not wait
+    _after_previous(PDL)
+    acc = w.to(tl.float32) * tl.load(x_ptr + k).to(tl.float32)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
         x = tl.load(x_ptr + k0 + k)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
@@ -343,7 +373,7 @@ def gemv(x: Tensor, w: Tensor, tiles: tuple[int, int, int, int] | None = None) -
     block_n, block_k, warps, stages = tiles or gemv_tiles(n, k)
     y = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-                                             num_stages=stages)
+                                             num_stages=stages, **LAUNCH)
     return y
 
 
