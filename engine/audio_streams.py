@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,18 @@ class _Stream:
         return len(self.pending) >= min(2 ** self.pushes, group_frames)
 
 
+@dataclass
+class _Decoded:
+    """One push's PCM [B, n·2048], copied to host memory behind the push (CUDA) or already there."""
+
+    rids: list[int]
+    pcm: torch.Tensor
+    done: torch.cuda.Event | None = None
+
+    def ready(self) -> bool:
+        return self.done is None or self.done.query()
+
+
 class AudioStreams:
     def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True) -> None:
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
@@ -48,6 +60,7 @@ class AudioStreams:
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.streams: dict[int, _Stream] = {}
         self.graphs: dict[tuple[int, int], tuple] = {}  # (rows, frames) -> graph, inputs, output
+        self.decoded: deque[_Decoded] = deque()  # pushes whose PCM has not been handed out yet
         self.graph_pool = torch.cuda.graph_pool_handle() if cuda else None
 
     def warm_up(self) -> None:
@@ -95,16 +108,27 @@ class AudioStreams:
         return {rid for rid, s in self.streams.items() if s.pushes == 0 and s.pending}
 
     def decode(self, flush: set[int]) -> list[tuple[int, np.ndarray]]:
-        """PCM for every stream whose next group is due (or that is in `flush`)."""
+        """Queue a push for every stream whose next group is due (or that is in `flush`) and hand out
+        the PCM of finished pushes, in order. The host never waits for the side stream, except for
+        the streams in `flush` (a first frame, an ended chunk), whose audio is returned now."""
         groups: dict[int, list[int]] = defaultdict(list)
         for rid, stream in self.streams.items():
             if stream.pending and (rid in flush or stream.due(self.group_frames)) and self._row(stream):
                 groups[len(stream.pending)].append(rid)
-        out = []
         with self._side_stream():
             for rids in groups.values():
-                out += self._push(rids)
+                self.decoded.append(self._push(rids))
+        out = []
+        while self.decoded and (flush or self.decoded[0].ready()):
+            item = self.decoded.popleft()
+            if item.done is not None:
+                item.done.synchronize()
+            pcm = item.pcm.numpy()
+            out += [(rid, pcm[i].copy()) for i, rid in enumerate(item.rids) if rid in self.streams]
         return out
+
+    def busy(self) -> bool:
+        return bool(self.decoded)
 
     def _side_stream(self) -> contextlib.AbstractContextManager:
         """On CUDA the vocoder runs on its own stream, so it overlaps the AR frame queued before it."""
@@ -116,7 +140,7 @@ class AudioStreams:
             self.vocoder.reset(stream.row)
         return stream.row >= 0  # no row free: the frames wait for one
 
-    def _push(self, rids: list[int]) -> list[tuple[int, np.ndarray]]:
+    def _push(self, rids: list[int]) -> _Decoded:
         streams = [self.streams[r] for r in rids]
         rows = [s.row for s in streams]
         codes = np.stack([np.stack(s.pending, axis=1) for s in streams])  # [B, 10, n]
@@ -134,8 +158,15 @@ class AudioStreams:
         else:
             slots = torch.tensor(rows, dtype=torch.long, device=self.device)
             pcm = self.vocoder.push(slots, torch.from_numpy(codes).to(self.device))
-        pcm = pcm[:len(streams)].float().cpu().numpy()  # [B, n * 2048]
         for s in streams:
             s.pending.clear()
             s.pushes += 1
-        return list(zip(rids, pcm))
+        pcm = pcm[:len(streams)].float()  # [B, n * 2048]
+        if pcm.device.type != "cuda":
+            return _Decoded(rids, pcm)
+        # The graph's output buffer is reused by its next replay: copy out now, read when done.
+        host = torch.empty(pcm.shape, dtype=pcm.dtype, pin_memory=True)
+        host.copy_(pcm, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Decoded(rids, host, done)

@@ -5,8 +5,9 @@
 Random weights at the chosen shape, end-of-speech suppressed so every request makes the same number of
 frames, prompts of a ~20 s reference (430 frames) plus a sentence. For each concurrency it reports
 frames/s per request, aggregate frames/s, RTF, TTFT and TTFB (p50/p95, streaming vocoder included),
-and frame time ÷ floor, the floor being the bytes one frame must read (weights + KV) ÷ the device copy
-bandwidth measured in the same run. A prefix-cache-hit run (same voice for every request) follows.
+the mean engine step while all requests decode, and the per-request frame time (decode time ÷ frames)
+÷ floor, the floor being the bytes one frame must read (weights + KV) ÷ the device copy bandwidth
+measured in the same run. A prefix-cache-hit run (same voice for every request) follows.
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class Row:
     ttft_p95_ms: float
     ttfb_p50_ms: float
     ttfb_p95_ms: float
-    frame_ms: float
+    step_ms: float  # mean engine step while every request of the round decodes
+    frame_ms: float  # per request: decode time ÷ frames (1 / frames_per_s_per_request)
     floor_ms: float
     over_floor: float
 
@@ -235,15 +237,15 @@ def bench(args: argparse.Namespace) -> list[Row]:
             prof = cProfile.Profile()
             prof.runcall(run_round, engine, c, args.frames, hit, 100, not args.no_vocoder)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
-        times, wall, frame_s = run_round(engine, c, args.frames, hit, i + 1, not args.no_vocoder)
+        times, wall, step_s = run_round(engine, c, args.frames, hit, i + 1, not args.no_vocoder)
         context = REFERENCE_FRAMES + TEXT_TOKENS + args.frames // 2
         floor_s = frame_bytes(loaded.config, c, context, elem) / bandwidth
         audio = sum(t.audio_seconds for t in times)
-        rows.append(Row(c, hit, statistics.mean(t.frames_per_second for t in times),
-                        sum(t.frames for t in times) / wall, wall / (audio / c),
+        per_request = statistics.mean(t.frames_per_second for t in times)
+        rows.append(Row(c, hit, per_request, sum(t.frames for t in times) / wall, wall / (audio / c),
                         pct([t.ttft_ms for t in times], 0.5), pct([t.ttft_ms for t in times], 0.95),
                         pct([t.ttfb_ms for t in times], 0.5), pct([t.ttfb_ms for t in times], 0.95),
-                        frame_s * 1e3, floor_s * 1e3, frame_s / floor_s))
+                        step_s * 1e3, 1e3 / per_request, floor_s * 1e3, 1 / per_request / floor_s))
         if args.breakdown and device.type == "cuda":
             print(breakdown(engine, c, args.frames, hit), flush=True)
     return rows
@@ -252,12 +254,12 @@ def bench(args: argparse.Namespace) -> list[Row]:
 def print_table(rows: list[Row], header: str) -> None:
     print(header)
     print("| conc | prefix hit | frames/s/req | aggregate frames/s | RTF | TTFT p50/p95 ms | TTFB p50/p95 ms "
-          "| frame ms | floor ms | ÷ floor |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| step ms | frame ms | floor ms | ÷ floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.concurrency} | {'yes' if r.prefix_hit else 'no'} | {r.frames_per_s_per_request:.1f} | "
               f"{r.aggregate_frames_per_s:.0f} | {r.rtf:.3f} | {r.ttft_p50_ms:.0f} / {r.ttft_p95_ms:.0f} | "
-              f"{r.ttfb_p50_ms:.0f} / {r.ttfb_p95_ms:.0f} | {r.frame_ms:.2f} | {r.floor_ms:.2f} | "
+              f"{r.ttfb_p50_ms:.0f} / {r.ttfb_p95_ms:.0f} | {r.step_ms:.2f} | {r.frame_ms:.2f} | {r.floor_ms:.2f} | "
               f"{r.over_floor:.2f} |")
 
 

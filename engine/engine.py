@@ -175,7 +175,8 @@ class Engine:
         self.pending.append(Event(request_id, finished=True, reason="aborted"))
 
     def has_work(self) -> bool:
-        return bool(self.pending) or self.scheduler.has_work() or self.inflight is not None
+        return (bool(self.pending) or self.scheduler.has_work() or self.inflight is not None
+                or self.streams.busy())
 
     def queue_position(self, request_id: int) -> int:
         return self.scheduler.queue_position(request_id)
