@@ -9,6 +9,7 @@ until it is reused, least recently freed first.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,10 +18,10 @@ Column = tuple[int, ...]  # one grid column: token id + 10 codes
 
 
 def block_hash(parent: bytes, columns: Sequence[Column]) -> bytes:
-    h = hashlib.blake2b(parent, digest_size=16)
-    for col in columns:
-        h.update(b",".join(str(v).encode() for v in col) + b";")
-    return h.digest()
+    """Chained hash of one block: every column has the same 11 ints, so fixed-width packing is
+    unambiguous (and ~50x faster than formatting; admission hashes every waiting prompt)."""
+    flat = array("q", [v for col in columns for v in col])
+    return hashlib.blake2b(parent + flat.tobytes(), digest_size=16).digest()
 
 
 @dataclass
