@@ -217,6 +217,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
     engine = Engine(loaded, EngineConfig(max_batch=max(sweep), num_blocks=args.num_blocks,
                                          cuda_graphs=not args.eager, compile=args.compile,
                                          fused_kernels=False if args.unfused or args.compile else None,
+                                         prefill_graph_tokens=args.prefill_graph_tokens,
                                          graph_batch_sizes=tuple(sweep),
                                          overlap_vocoder=not args.no_overlap))
     engine.runner.ignore_eos = True
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the module-path frame before capture (implies --unfused)")
     p.add_argument("--unfused", action="store_true", help="the module path instead of the fused kernels")
+    p.add_argument("--prefill-graph-tokens", type=int, default=512,
+                   help="prefills up to this many tokens replay a CUDA graph (0: always eager)")
     p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
     p.add_argument("--breakdown", action="store_true", help="also time prefill/frame/vocoder per round")
     p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")

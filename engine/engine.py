@@ -88,6 +88,9 @@ class Engine:
         if cfg.cuda_graphs and loaded.device.type == "cuda":
             from engine.cuda_graphs import FrameGraphs
             self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
+            if self.runner.fused and cfg.prefill_graph_tokens:
+                from engine.prefill_graphs import PrefillGraphs
+                self.runner.prefill_graphs = PrefillGraphs(self.runner, cfg.prefill_graph_tokens)
         self.streams = AudioStreams(loaded.codec, 2 * cfg.max_batch, cfg.vocoder_group_frames,
                                     cfg.overlap_vocoder)
         if loaded.device.type == "cuda":

@@ -20,6 +20,8 @@ class EngineConfig:
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
     cuda_graphs: bool = True
     fused_kernels: bool | None = None  # the fused Triton path (fused_stack.py); None = on CUDA, off on CPU
+    # Prefills of up to this many tokens replay a CUDA graph (fused path; 0 = always eager).
+    prefill_graph_tokens: int = 512
     compile: bool = False  # torch.compile the module-path frame before capturing it (no fused kernels)
     graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
     max_reference_seconds: float = 30.0
@@ -37,6 +39,8 @@ class EngineConfig:
             raise ValueError("gpu_memory_fraction must be in [0.05, 0.98]")
         if not 1 <= self.vocoder_group_frames <= 64:
             raise ValueError("vocoder_group_frames must be in [1, 64]")
+        if self.prefill_graph_tokens not in (0, 16, 32, 64, 128, 256, 512, 1024, 2048):
+            raise ValueError("prefill_graph_tokens must be 0 or a power of two from 16 to 2048")
         if self.compile and self.fused_kernels:
             raise ValueError("compile applies to the module path: it cannot be combined with fused_kernels")
         if self.max_reference_seconds <= 0:

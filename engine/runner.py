@@ -56,6 +56,18 @@ class FrameInputs:
     frames: Tensor  # [B] int64 global frame index (sampling counter)
 
 
+@dataclass
+class PrefillInputs:
+    """Static inputs of a prefill whose attention runs per token through the paged decode kernel
+    (each prompt token is a query over its own sequence's blocks up to itself): graph-capturable."""
+
+    grid: Tensor  # [11, N] prompt columns (padding: token 0)
+    positions: Tensor  # [N]
+    slot_mapping: Tensor  # [N] flat pool slot of each token's KV (padding: the scratch block)
+    block_tables: Tensor  # [N, max_blocks_per_seq] each token's sequence table
+    context_lens: Tensor  # [N] position + 1
+
+
 class ModelRunner:
     def __init__(self, model: DualAR, cfg: RunnerConfig, fused: bool | None = None) -> None:
         """fused: use the fused kernels (default: on CUDA)."""
@@ -89,6 +101,7 @@ class ModelRunner:
             from engine.triton_attention import paged_decode_triton
             self.decode_attention = paged_decode_triton
         self.fused = self.device.type == "cuda" if fused is None else fused
+        self.prefill_graphs = None  # prefill_graphs.PrefillGraphs, attached by the engine on CUDA
         if self.fused:
             self._init_fused()
 
@@ -148,6 +161,18 @@ class ModelRunner:
     @torch.inference_mode()
     def prefill(self, items: list[tuple[Sequence, int, int]]) -> None:
         """Compute KV for prompt ranges; sequences that finish their prompt get their last hidden."""
+        total = sum(n for _, _, n in items)
+        if self.prefill_graphs is not None and total <= self.prefill_graphs.max_tokens:
+            hidden = self.prefill_graphs.run(items)
+        else:
+            hidden = self._prefill_eager(items)
+        end = 0
+        for seq, start, n in items:
+            end += n
+            if start + n == seq.prompt_len:
+                self.hidden[seq.slot] = hidden[end - 1]
+
+    def _prefill_eager(self, items: list[tuple[Sequence, int, int]]) -> Tensor:
         cols, positions, slots, segments = [], [], [], []
         for seq, start, n in items:
             cols.extend(seq.prompt[start:start + n])
@@ -164,16 +189,39 @@ class ModelRunner:
 
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
         if self.fused:
-            hidden = self.slow_stack.forward(
+            return self.slow_stack.forward(
                 self.model.embed(grid), pos, slot_mapping, self.k_pools, self.v_pools,
                 lambda layer, q: prefill_attention(q, self.k_pools[layer], self.v_pools[layer], segments))
-        else:
-            hidden = self.model.slow_forward(self.model.embed(grid), pos, attend)
-        end = 0
+        return self.model.slow_forward(self.model.embed(grid), pos, attend)
+
+    def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int,
+                       device: torch.device | None = None) -> PrefillInputs:
+        """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows."""
+        cols, positions, slots, tables = [], [], [], []
+        width = self.cfg.max_blocks_per_seq
         for seq, start, n in items:
-            end += n
-            if start + n == seq.prompt_len:
-                self.hidden[seq.slot] = hidden[end - 1]
+            cols.extend(seq.prompt[start:start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(self.slot_of(seq.alloc.block_table, p) for p in range(start, start + n))
+            tables.append(self.block_table_tensor([seq.alloc.block_table], width, torch.device("cpu"))
+                          .expand(n, -1))
+        pad = pad_to - len(cols)
+        cols.extend([(0,) * len(cols[0]) if cols else (0,) * (self.model.cfg.num_codebooks + 1)] * pad)
+        tables.append(torch.full((pad, width), self.scratch_block, dtype=torch.long))
+        pos = torch.tensor(positions + [0] * pad, dtype=torch.long)
+        inp = PrefillInputs(torch.tensor(cols, dtype=torch.long).T.contiguous(), pos,
+                            torch.tensor(slots + [self.scratch_block * self.cfg.block_size] * pad, dtype=torch.long),
+                            torch.cat(tables), pos + 1)
+        device = device or self.device
+        return PrefillInputs(*(getattr(inp, f).to(device) for f in PrefillInputs.__dataclass_fields__))
+
+    @torch.no_grad()
+    def prefill_paged(self, inp: PrefillInputs) -> Tensor:
+        """The fused prefill with per-token paged attention: hidden [N, dim] after the final norm."""
+        return self.slow_stack.forward(
+            self.model.embed(inp.grid), inp.positions, inp.slot_mapping, self.k_pools, self.v_pools,
+            lambda layer, q: self._paged(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
+                                         inp.context_lens))
 
     # -- decode -----------------------------------------------------------------------------
     def frame_inputs(self, seqs: list[Sequence], frame_offsets: list[int], pad_to: int,

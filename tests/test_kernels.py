@@ -242,3 +242,35 @@ def test_gemv_matches_linear(dtype, n, k) -> None:
     x2 = torch.randn(1, 1000, generator=g).to(DEV, dtype)
     w2 = torch.randn(n, 1000, generator=g).to(DEV, dtype)
     assert torch.equal(kernels.linear(x2, w2), F.linear(x2, w2))
+
+
+def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
+    """Prefill with per-token paged attention (what the prefill CUDA graphs run) against the eager
+    fused prefill with causal attention: same hidden states, same KV, also after a cached prefix."""
+    from engine.kv_cache import BlockManager
+    from engine.request import Sequence
+    from engine.runner import ModelRunner, RunnerConfig
+    model = dev_model.model
+    runs = []
+    for paged in (False, True):
+        runner = ModelRunner(model, RunnerConfig(num_blocks=16, block_size=16, max_batch=4), fused=True)
+        blocks = BlockManager(16, 16)
+        seqs = []
+        for i, (length, start) in enumerate([(20, 0), (30, 16)]):
+            prompt = [tuple(c) for c in random_prompt(dev_model, 900 + i, 10, length - 13).T.tolist()]
+            seq = Sequence(i, prompt, 4, 0)
+            seq.alloc, seq.slot = blocks.allocate(prompt, len(prompt) + 4), i
+            seqs.append((seq, start))
+        # the second sequence's first block is computed first (as a cached prefix would be)
+        first = [(seqs[1][0], 0, 16)]
+        rest = [(seqs[0][0], 0, seqs[0][0].prompt_len), (seqs[1][0], 16, seqs[1][0].prompt_len - 16)]
+        for items in (first, rest):
+            if paged:  # padded rows (beyond the tokens) write only to the scratch block
+                hidden = runner.prefill_paged(runner.prefill_inputs(items, sum(k for _, _, k in items) + 6))
+            else:
+                hidden = runner._prefill_eager(items)
+        n = sum(k for _, _, k in rest)
+        runs.append((hidden[:n].clone(), [p.clone() for p in runner.k_pools], [p.clone() for p in runner.v_pools]))
+    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(runs[1][1] + runs[1][2], runs[0][1] + runs[0][2]):
+        torch.testing.assert_close(a[:16], b[:16], atol=1e-4, rtol=1e-4)  # every block but the scratch one
