@@ -274,3 +274,17 @@ def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
     torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
     for a, b in zip(runs[1][1] + runs[1][2], runs[0][1] + runs[0][2]):
         torch.testing.assert_close(a[:16], b[:16], atol=1e-4, rtol=1e-4)  # every block but the scratch one
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n", [(2, 70), (8, 6100), (16, 33)])
+def test_gemm_rows_matches_linear(dtype, rows, n) -> None:
+    """The few-row projection kernel (both tile shapes) against F.linear."""
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 256, generator=g).to(DEV, dtype)
+    w = (torch.randn(n, 256, generator=g) * 0.05).to(DEV, dtype)
+    got = kernels.gemm_rows(x, w)
+    assert got is not None
+    torch.testing.assert_close(got.float(), F.linear(x, w).float(),
+                               **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
+    assert kernels.gemm_rows(x[:, :200].contiguous(), w[:, :200].contiguous()) is None  # K does not tile
