@@ -277,7 +277,7 @@ def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,n", [(2, 70), (8, 6100), (16, 33)])
+@pytest.mark.parametrize("rows,n", [(2, 70), (8, 6100), (16, 33), (24, 70)])
 def test_gemm_rows_matches_linear(dtype, rows, n) -> None:
     """The few-row projection kernel (both tile shapes) against F.linear."""
     g = torch.Generator().manual_seed(rows)
