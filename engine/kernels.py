@@ -410,7 +410,8 @@ def gemm_rows(x: Tensor, w: Tensor) -> Tensor | None:
     y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
     _gemm_rows_kernel[(triton.cdiv(n, block_n),)](
         x, w, y, rows, n, k, BLOCK_M=16 if rows <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4, num_stages=5, **LAUNCH)
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=4,
+        num_stages=5 if x.element_size() == 2 else 2, **LAUNCH)  # float32 tiles: shared memory
     return y
 
 
