@@ -29,7 +29,8 @@ class PrefillGraphs:
         start = time.perf_counter()
         for n in reversed(self.buckets):  # largest first: smaller graphs reuse its memory
             self.graphs[n] = self._capture(n)
-        log.info("captured prefill CUDA graphs for %s tokens in %.1f s", self.buckets, time.perf_counter() - start)
+        log.info("captured prefill CUDA graphs for %s tokens in %.1f s", self.buckets,
+                 time.perf_counter() - start)
 
     def _capture(self, tokens: int) -> tuple[torch.cuda.CUDAGraph, PrefillInputs, torch.Tensor]:
         static = self.runner.prefill_inputs([], tokens)  # all padding: warm-up writes only scratch

@@ -209,9 +209,9 @@ class ModelRunner:
         cols.extend([(0,) * len(cols[0]) if cols else (0,) * (self.model.cfg.num_codebooks + 1)] * pad)
         tables.append(torch.full((pad, width), self.scratch_block, dtype=torch.long))
         pos = torch.tensor(positions + [0] * pad, dtype=torch.long)
+        scratch = self.scratch_block * self.cfg.block_size
         inp = PrefillInputs(torch.tensor(cols, dtype=torch.long).T.contiguous(), pos,
-                            torch.tensor(slots + [self.scratch_block * self.cfg.block_size] * pad, dtype=torch.long),
-                            torch.cat(tables), pos + 1)
+                            torch.tensor(slots + [scratch] * pad, dtype=torch.long), torch.cat(tables), pos + 1)
         device = device or self.device
         return PrefillInputs(*(getattr(inp, f).to(device) for f in PrefillInputs.__dataclass_fields__))
 
@@ -296,26 +296,25 @@ class ModelRunner:
     def _decode_frame_fused(self, inp: FrameInputs) -> Tensor:
         """decode_frame with the fused kernels: same draws, same outputs."""
         from engine import kernels
+        from engine.sampling_kernel import sample_into
         model, mc = self.model, self.model.cfg
         batch = inp.slots.shape[0]
         h = self.hidden[inp.slots]
         out = torch.empty((batch, mc.num_codebooks + 1), dtype=torch.long, device=self.device)
         assert DRAW_SLOW_RAS == DRAW_SLOW + 1
-        kernels.sample_into(kernels.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
-                            recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
-        tables = self.fast_tables[:batch]
+        sample_into(kernels.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
+                    recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
+        tables, k_fast, v_fast = self.fast_tables[:batch], self.k_fast_pools, self.v_fast_pools
         x = h
         for pos in range(mc.num_codebooks):
             lens = self.fast_lens[pos, :batch]
             hidden = self.fast_stack.forward(
-                x, self.fast_positions[pos, :batch], self.fast_slots[pos, :batch], self.k_fast_pools,
-                self.v_fast_pools,
-                lambda layer, q: self._paged(q, self.k_fast_pools[layer], self.v_fast_pools[layer], tables, lens,
-                                             num_splits=1),
+                x, self.fast_positions[pos, :batch], self.fast_slots[pos, :batch], k_fast, v_fast,
+                lambda layer, q: self._paged(q, k_fast[layer], v_fast[layer], tables, lens, num_splits=1),
                 kv_only_last=pos == 0)  # position 0 (the slow hidden) only fills the fast cache
             if pos > 0:
-                kernels.sample_into(kernels.linear(hidden, model.audio_decoder.output.weight),
-                                    inp.slots, inp.frames, self.params, out, pos + 1, DRAW_FAST + pos)
+                sample_into(kernels.linear(hidden, model.audio_decoder.output.weight), inp.slots, inp.frames,
+                            self.params, out, pos + 1, DRAW_FAST + pos)
             if pos < mc.num_codebooks - 1:
                 x = F.embedding(out[:, pos + 1], model.audio_decoder.embeddings.weight)
         x = kernels.frame_embed(out, model.text_model.model.embeddings.weight,

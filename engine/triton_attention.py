@@ -61,8 +61,8 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
         m = m_new
     if NUM_SPLITS == 1:
         out_off = b * num_kv_heads * GROUPS + heads
-        tl.store(out_ptr + out_off[:, None] * HEAD_DIM + d[None, :], (acc / s[:, None]).to(out_ptr.dtype.element_ty),
-                 mask=q_mask[:, None])
+        result = (acc / s[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + out_off[:, None] * HEAD_DIM + d[None, :], result, mask=q_mask[:, None])
     else:
         # A split with no blocks stores zeros and lse -inf: the merge gives it zero weight.
         out_off = (b * NUM_SPLITS + split) * num_kv_heads * GROUPS + heads

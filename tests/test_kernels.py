@@ -16,6 +16,7 @@ from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
 from engine.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+from engine.sampling_kernel import sample_into
 from engine.triton_attention import paged_decode_triton
 from tests.test_engine import random_prompt, run_engine
 
@@ -189,14 +190,14 @@ def test_sampling_kernel_equals_reference_sampler(kind) -> None:
         want = sample_slow(want_logits, params, frames, recent)
         out = torch.zeros(batch, 11, dtype=torch.long, device=DEV)
         window = recent.clone()
-        kernels.sample_into(logits, slots, frames, params, out, 0, 0, recent=window,
+        sample_into(logits, slots, frames, params, out, 0, 0, recent=window,
                             ignore_last=torch.tensor([ignore], dtype=torch.int32, device=DEV))
         assert torch.equal(out[:, 0], want), (out[:, 0], want)
         assert torch.equal(out[:, 1], want.clamp(max=4095))
         assert torch.equal(window, push_recent(recent, want))
     fast = logits[:, :4096].contiguous()
     out = torch.zeros(batch, 11, dtype=torch.long, device=DEV)
-    kernels.sample_into(fast, slots, frames, params, out, 5, 2 + 4)
+    sample_into(fast, slots, frames, params, out, 5, 2 + 4)
     assert torch.equal(out[:, 5], sample_fast(fast.float(), params, frames, 4))
 
 

@@ -1,0 +1,112 @@
+"""One sampling draw per row on CUDA: sampler.py's semantics (top-p on the untempered softmax, top-k,
+temperature, exponential race with counter-based noise, repetition-aware resampling) without a sort.
+
+The kept set is a prefix of the logits ordered by value, then index; it is found by a binary search over
+a key that orders tokens that way, and the noise is the same integer hash as sampler.py, so the kernel
+draws the same tokens (tests/test_kernels.py).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from engine.kernels import LAUNCH, _after_previous
+
+
+@triton.jit
+def _hash32(x):
+    """sampler._hash32 on uint32 (products wrap mod 2**32 as the reference's masks do)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x5BD1E995
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _draw(logits, keys, idx, noise_key, temperature, top_p, top_k, KEY_BITS: tl.constexpr):
+    """One token from float32 logits [V] (-inf where impossible): filter, temper, Exp(1) noise."""
+    m = tl.max(logits, axis=0)
+    e = tl.exp(logits - m)
+    p = e / tl.sum(e, axis=0)
+    # Smallest key threshold whose prefix respects top_k and top_p; the top token is always kept.
+    lo = tl.zeros((), tl.int64)
+    hi = tl.max(keys, axis=0)
+    for _ in range(KEY_BITS + 1):
+        mid = lo + (hi - lo) // 2
+        sel = keys >= mid
+        ok = (tl.sum(sel.to(tl.int32), axis=0) <= top_k) & (tl.sum(tl.where(sel, p, 0.0), axis=0) <= top_p)
+        active = lo < hi
+        hi = tl.where(active & ok, mid, hi)
+        lo = tl.where(active & ~ok, mid + 1, lo)
+    x = tl.where(keys >= hi, logits / tl.maximum(temperature, 1e-5), float("-inf"))
+    q = tl.exp(x - tl.max(x, axis=0))
+    probs = q / tl.sum(q, axis=0)
+    bits = _hash32(noise_key ^ _hash32(idx.to(tl.uint32) * 0x2545F491))
+    uniform = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    return tl.argmax(probs / -tl.log(uniform), axis=0, tie_break_left=True)
+
+
+@triton.jit
+def _sample_kernel(logits_ptr, stride_l, vocab, slots_ptr, frames_ptr, temp_ptr, top_p_ptr, top_k_ptr,
+                   ras_ptr, seed_ptr, recent_ptr, out_ptr, stride_o, out_col, draw, ignore_ptr,
+                   SLOW: tl.constexpr, WINDOW: tl.constexpr, BLOCK_V: tl.constexpr, SHIFT: tl.constexpr,
+                   PDL: tl.constexpr):
+    _after_previous(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    idx = tl.arange(0, BLOCK_V)
+    valid = idx < vocab
+    logits = tl.load(logits_ptr + row * stride_l + idx, mask=valid, other=float("-inf")).to(tl.float32)
+    if SLOW:
+        ignore_last = tl.load(ignore_ptr)
+        logits = tl.where(valid & ((idx < vocab - 1) | (ignore_last == 0)), logits, float("-inf"))
+    # Order key: value (with -0.0 as +0.0), then lower index first; padding gets -1.
+    bits = (logits + 0.0).to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    order = tl.where(bits >= 0x80000000, 0xFFFFFFFF - bits, bits + 0x80000000) >> SHIFT
+    keys = tl.where(valid, order * 8192 + (8191 - idx), -1)
+    slot = tl.load(slots_ptr + row)
+    seed = tl.load(seed_ptr + slot)
+    top_k = tl.load(top_k_ptr + slot)
+    temperature = tl.load(temp_ptr + slot)
+    top_p = tl.load(top_p_ptr + slot)
+    seed_key = _hash32(seed.to(tl.uint32) ^ _hash32((seed >> 32).to(tl.uint32)))
+    counter = tl.load(frames_ptr + row) * 16 + draw
+    tok = _draw(logits, keys, idx, _hash32(seed_key ^ _hash32(counter.to(tl.uint32))),
+                temperature, top_p, top_k, 32 - SHIFT + 13)
+    if SLOW:
+        high = _draw(logits, keys, idx, _hash32(seed_key ^ _hash32((counter + 1).to(tl.uint32))),
+                     1.0, 0.9, top_k, 32 - SHIFT + 13)
+        w = tl.arange(0, 16)
+        recent = tl.load(recent_ptr + slot * WINDOW + w, mask=w < WINDOW, other=-2)
+        repeats = tl.sum((recent == tok).to(tl.int32), axis=0) > 0
+        ras = tl.load(ras_ptr + slot).to(tl.int32) != 0
+        tok = tl.where(ras & (tok < vocab - 1) & repeats, high, tok)
+        shifted = tl.load(recent_ptr + slot * WINDOW + w + 1, mask=w < WINDOW - 1, other=-2)
+        tl.store(recent_ptr + slot * WINDOW + w, tl.where(w == WINDOW - 1, tok.to(tl.int64), shifted),
+                 mask=w < WINDOW)
+        tl.store(out_ptr + row * stride_o + out_col + 1, tl.minimum(tok, vocab - 2).to(tl.int64))
+    tl.store(out_ptr + row * stride_o + out_col, tok.to(tl.int64))
+
+
+def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tensor, out_col: int,
+                draw: int, recent: Tensor | None = None, ignore_last: Tensor | None = None) -> None:
+    """Sample one token per row of logits [B, V] into out[:, out_col] (int64 [B, C]).
+
+    params: sampler.BatchParams indexed by `slots` [B]; frames [B] the frame counter; `draw` the
+    frame's draw id. With `recent` ([rows, window] by slot) this is the slow AR's draw: a second draw
+    (id draw + 1) at the RAS temperature/top-p replaces a semantic token that repeats in the window,
+    and the window is pushed in place; a nonzero `ignore_last` (int32 [1], read on the device, required
+    with `recent`) makes the last column impossible. The slow draw also stores its token clamped to a
+    code (codebook 0, the fast AR's first input) in out_col + 1."""
+    batch, vocab = logits.shape
+    slow = recent is not None
+    if slow and ignore_last is None:
+        raise ValueError("the slow draw needs the ignore_last flag tensor")
+    _sample_kernel[(batch,)](
+        logits, logits.stride(0), vocab, slots, frames, params.temperature, params.top_p, params.top_k,
+        params.ras, params.seed, recent if slow else out, out, out.stride(0), out_col, draw,
+        ignore_last if slow else slots,
+        SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
+        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=8, **LAUNCH)
