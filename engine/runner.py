@@ -84,9 +84,6 @@ class ModelRunner:
         pool = (cfg.num_blocks + 1, cfg.block_size, t.n_local_heads, t.head_dim)
         self.k_pools = [torch.zeros(pool, dtype=self.dtype, device=self.device) for _ in range(t.n_layer)]
         self.v_pools = [torch.zeros(pool, dtype=self.dtype, device=self.device) for _ in range(t.n_layer)]
-        fast = (a.n_layer, cfg.max_batch, mc.num_codebooks, a.n_local_heads, a.head_dim)
-        self.k_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
-        self.v_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
         rows = cfg.max_batch + 1
         self.scratch_slot = cfg.max_batch
         self.hidden = torch.zeros(rows, t.dim, dtype=self.dtype, device=self.device)
@@ -104,6 +101,10 @@ class ModelRunner:
         self.prefill_graphs = None  # prefill_graphs.PrefillGraphs, attached by the engine on CUDA
         if self.fused:
             self._init_fused()
+        else:  # the module path's dense fast-AR cache
+            fast = (a.n_layer, cfg.max_batch, mc.num_codebooks, a.n_local_heads, a.head_dim)
+            self.k_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
+            self.v_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
 
     @property
     def ignore_eos(self) -> bool:
@@ -172,14 +173,19 @@ class ModelRunner:
             if start + n == seq.prompt_len:
                 self.hidden[seq.slot] = hidden[end - 1]
 
-    def _prefill_eager(self, items: list[tuple[Sequence, int, int]]) -> Tensor:
-        cols, positions, slots, segments = [], [], [], []
+    def _prompt_rows(self, items: list[tuple[Sequence, int, int]]) -> tuple[list, list[int], list[int]]:
+        """The prompt columns, positions and flat KV slots of the token ranges in `items`, packed."""
+        cols, positions, slots = [], [], []
         for seq, start, n in items:
             cols.extend(seq.prompt[start:start + n])
             positions.extend(range(start, start + n))
             slots.extend(self.slot_of(seq.alloc.block_table, p) for p in range(start, start + n))
-            table = torch.tensor(seq.alloc.block_table, dtype=torch.long, device=self.device)
-            segments.append(PrefillSegment(start, n, table))
+        return cols, positions, slots
+
+    def _prefill_eager(self, items: list[tuple[Sequence, int, int]]) -> Tensor:
+        cols, positions, slots = self._prompt_rows(items)
+        segments = [PrefillSegment(start, n, torch.tensor(seq.alloc.block_table, dtype=torch.long,
+                                                          device=self.device)) for seq, start, n in items]
         grid = torch.tensor(cols, dtype=torch.long, device=self.device).T  # [11, N]
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
 
@@ -197,16 +203,12 @@ class ModelRunner:
     def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int,
                        device: torch.device | None = None) -> PrefillInputs:
         """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows."""
-        cols, positions, slots, tables = [], [], [], []
+        cols, positions, slots = self._prompt_rows(items)
         width = self.cfg.max_blocks_per_seq
-        for seq, start, n in items:
-            cols.extend(seq.prompt[start:start + n])
-            positions.extend(range(start, start + n))
-            slots.extend(self.slot_of(seq.alloc.block_table, p) for p in range(start, start + n))
-            tables.append(self.block_table_tensor([seq.alloc.block_table], width, torch.device("cpu"))
-                          .expand(n, -1))
+        tables = [self.block_table_tensor([seq.alloc.block_table], width, torch.device("cpu")).expand(n, -1)
+                  for seq, _, n in items]
         pad = pad_to - len(cols)
-        cols.extend([(0,) * len(cols[0]) if cols else (0,) * (self.model.cfg.num_codebooks + 1)] * pad)
+        cols.extend([(0,) * (self.model.cfg.num_codebooks + 1)] * pad)
         tables.append(torch.full((pad, width), self.scratch_block, dtype=torch.long))
         pos = torch.tensor(positions + [0] * pad, dtype=torch.long)
         scratch = self.scratch_block * self.cfg.block_size
