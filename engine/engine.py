@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -78,6 +79,9 @@ class Job:
 class Engine:
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         self.loaded, self.cfg = loaded, cfg
+        if cfg.fused_kernels and loaded.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("the fused kernels need a CUDA GPU (on CPU only Triton's interpreter runs them, "
+                             "for tests: TRITON_INTERPRET=1)")
         num_blocks = cfg.num_blocks or cfg.blocks_from_memory(loaded)
         self.runner = ModelRunner(loaded.model, RunnerConfig(num_blocks, cfg.block_size, cfg.max_batch,
                                                              loaded.config.text.max_seq_len),

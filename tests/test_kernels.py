@@ -289,3 +289,11 @@ def test_gemm_rows_matches_linear(dtype, rows, n) -> None:
     torch.testing.assert_close(got.float(), F.linear(x, w).float(),
                                **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
     assert kernels.gemm_rows(x[:, :200].contiguous(), w[:, :200].contiguous()) is None  # K does not tile
+
+
+def test_fused_kernels_on_cpu_need_the_interpreter(tiny_model, monkeypatch) -> None:
+    if DEV.type == "cuda":
+        pytest.skip("on the GPU machine the fused kernels compile for CUDA")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="need a CUDA GPU"):
+        Engine(tiny_model, EngineConfig(num_blocks=8, block_size=16, max_batch=1, fused_kernels=True))
