@@ -292,8 +292,7 @@ def test_gemm_rows_matches_linear(dtype, rows, n) -> None:
 
 
 def test_fused_kernels_on_cpu_need_the_interpreter(tiny_model, monkeypatch) -> None:
-    if DEV.type == "cuda":
-        pytest.skip("on the GPU machine the fused kernels compile for CUDA")
-    monkeypatch.delenv("TRITON_INTERPRET")
+    """tiny_model lives on the CPU on every machine: asking it for fused kernels is refused."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="need a CUDA GPU"):
         Engine(tiny_model, EngineConfig(num_blocks=8, block_size=16, max_batch=1, fused_kernels=True))
