@@ -45,10 +45,12 @@ class _Decoded:
 
 
 class AudioStreams:
-    def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True) -> None:
+    def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True,
+                 fused: bool | None = None) -> None:
+        """fused: decode with the codec kernels of codec_kernels.py (default: on CUDA in float32)."""
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
         # handful of shapes (each new conv shape costs a slow first call on the GPU).
-        self.vocoder = SlotVocoder(codec, max_rows + 1)
+        self.vocoder = SlotVocoder(codec, max_rows + 1, fused)
         self.scratch_row = max_rows
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_rows] + [max_rows]
         self.device = next(codec.parameters()).device
@@ -65,12 +67,12 @@ class AudioStreams:
 
     def warm_up(self) -> None:
         """CUDA: capture a graph of every (rows, frames) shape the streams will use, on the scratch
-        row (a first conv call per shape is slow, and eager pushes are launch-bound)."""
+        row (a first call per shape is slow: cuDNN picks algorithms, Triton compiles; and eager
+        pushes are launch-bound). Groups are powers of two, but a flush (first frame, end of a
+        chunk) pushes whatever is pending, so every count up to group_frames gets a graph."""
         for rows in self.buckets:
-            n = 1
-            while n <= self.group_frames:
+            for n in range(1, self.group_frames + 1):
                 self._capture(rows, n)
-                n *= 2
         self.vocoder.reset(self.scratch_row)
 
     def _capture(self, rows: int, n: int) -> None:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from engine.codec_kernels import FusedDecoder
 from engine.models.codec import Codec
 from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
-from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode
+from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,20 @@ def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor)
 class SlotVocoder:
     """Incremental `Codec.decode` of up to `max_slots` independent streams, any subset per call."""
 
-    def __init__(self, codec: Codec, max_slots: int) -> None:
+    def __init__(self, codec: Codec, max_slots: int, fused: bool | None = None) -> None:
+        """fused: run the decoder with the kernels of codec_kernels.py (default: on CUDA in float32)."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be ≥ 1, got {max_slots}")
         self.codec, self.max_slots = codec, max_slots
         self.layout = state_layout(codec)
         row_numel = sum(s.numel for s in self.layout.values())
         device = codec.decoder.model[0].conv.weight.device
+        if fused is None:
+            fused = device.type == "cuda" and codec.dtype == torch.float32
+        if fused and codec.dtype != torch.float32:
+            raise ValueError("the fused codec decoder runs in float32")
+        # Its convs keep their context as [L, C_in] (channels-last) in the same slices.
+        self.fused = FusedDecoder(codec.decoder) if fused else None
         self.state = torch.zeros(max_slots, row_numel, dtype=codec.dtype, device=device)
         self.positions = torch.zeros(max_slots, dtype=torch.long, device=device)  # frames decoded
 
@@ -110,7 +118,15 @@ class SlotVocoder:
                                dtype=self.codec.dtype, device=self.state.device)
         rows = self.state.index_select(0, slots)  # [B, S], advanced in place by the layers
         pos = self.positions.index_select(0, slots)  # [B]
-        audio = stream_decode(self.codec, codes, lambda module, x: self._step(module, x, rows, pos))
+        step = lambda module, x: self._step(module, x, rows, pos)  # noqa: E731
+        if self.fused is None:
+            audio = stream_decode(self.codec, codes, step)
+        else:
+            z = self.codec.quantizer.codes_to_latent(codes.long())  # [B, latent, n]
+            for module in decode_modules(self.codec)[:-1]:
+                z = stream_through(module, z, step)
+            contexts = {m: rows[:, s.start:s.start + s.numel] for m, s in self.layout.items()}
+            audio = self.fused.run(z.transpose(1, 2).contiguous(), contexts)
         self.state.index_copy_(0, slots, rows)
         self.positions.index_copy_(0, slots, pos + num_frames)
         return audio

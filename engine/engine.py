@@ -95,8 +95,10 @@ class Engine:
             if self.runner.fused and cfg.prefill_graph_tokens:
                 from engine.prefill_graphs import PrefillGraphs
                 self.runner.prefill_graphs = PrefillGraphs(self.runner, cfg.prefill_graph_tokens)
+        # The codec decoder's fused kernels follow the AR's on CUDA (on CPU the module path decodes).
+        fused_codec = cfg.fused_kernels is not False and not cfg.compile and loaded.device.type == "cuda"
         self.streams = AudioStreams(loaded.codec, 2 * cfg.max_batch, cfg.vocoder_group_frames,
-                                    cfg.overlap_vocoder)
+                                    cfg.overlap_vocoder, fused=fused_codec)
         if loaded.device.type == "cuda":
             self.streams.warm_up()
         self.run_ahead = loaded.device.type == "cuda" if cfg.run_ahead is None else cfg.run_ahead

@@ -19,7 +19,8 @@ class EngineConfig:
     max_batch: int = 32  # sequences decoded together in one frame
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
     cuda_graphs: bool = True
-    fused_kernels: bool | None = None  # the fused Triton path (fused_stack.py); None = on CUDA, off on CPU
+    # The fused Triton path (fused_stack.py; on CUDA also the codec decoder's); None = on CUDA, off on CPU.
+    fused_kernels: bool | None = None
     # Prefills of up to this many tokens replay a CUDA graph (fused path; 0 = always eager).
     prefill_graph_tokens: int = 512
     compile: bool = False  # torch.compile the module-path frame before capturing it (no fused kernels)

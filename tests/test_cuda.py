@@ -105,3 +105,20 @@ def test_cuda_prefill_attention_equals_masked_reference(dtype) -> None:
         offset += seg.num_tokens
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(got.float(), torch.cat(want), atol=tol, rtol=tol)
+
+
+def test_fused_codec_decoder_equals_module_path_at_real_shapes() -> None:
+    """Real codec shapes (random weights): pushes of the fused decoder (split over programs for few
+    rows, tiled for many) against the module path, TF32 products on both sides."""
+    from engine.batched_vocoder import SlotVocoder
+    from engine.models.codec import Codec, CodecConfig
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        codec = Codec(CodecConfig()).eval().requires_grad_(False)
+    fused, plain = SlotVocoder(codec, 4, fused=True), SlotVocoder(codec, 4, fused=False)
+    for slots, n in [([0], 1), ([0, 1, 2], 2), ([2, 0], 8), ([1], 1)]:
+        codes = torch.randint(0, 1024, (len(slots), 10, n), device="cuda")
+        index = torch.tensor(slots, device="cuda")
+        got, want = fused.push(index, codes), plain.push(index, codes)
+        assert got.shape == (len(slots), n * 2048)
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=0)

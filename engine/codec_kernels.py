@@ -1,0 +1,279 @@
+"""The codec decoder's streaming path in fused Triton kernels (CUDA; the reference is codec_layers.py).
+
+In torch the decoder is launch- and traffic-bound when streamed: every residual unit is Snake, a
+context concatenation, a conv (with cuDNN's layout transposes around it), Snake, a conv and an add,
+each a pass over the largest activations. Here the decoder runs channels-last ([B, T, C]) and each
+convolution is one implicit-GEMM kernel on tensor cores that
+
+- reads its left context straight from the carried state and the new input from the previous layer
+  (no concatenation),
+- applies the Snake before it while loading (a transposed conv and a k1 conv see each input once per
+  output tile; the k7 convs instead get their input written once, snaked, after its context),
+- adds the bias, the residual and the final tanh before storing.
+
+A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
+s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
+Float32 in and out; the products run in TF32 on CUDA like cuDNN's default convolutions.
+Tested against the module path (tests/test_codec_kernels.py; on CPU through TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor, nn
+
+from engine.kernels import INTERPRET, _sin
+from engine.models.codec import Decoder
+from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
+
+
+@triton.jit
+def _snake(v, alpha_ptr, ch, ch_mask):
+    alpha = tl.load(alpha_ptr + ch, mask=ch_mask, other=1.0)[None, :]
+    s = _sin(alpha * v)
+    return v + (1.0 / (alpha + 1e-9)) * (s * s)
+
+
+@triton.jit
+def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, res_ptr, y_ptr, part_ptr, count_ptr, rows, T, L,
+                 CIN, COUT, x_bstride, ctx_bstride, dilation, TAPS: tl.constexpr, SPLIT: tl.constexpr,
+                 SNAKE: tl.constexpr, RESIDUAL: tl.constexpr, TANH: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr):
+    """y[b, t] = bias + Σ_j snake?(in[b, t - (TAPS-1-j)·dilation]) @ w[j].T (+ res) (tanh?), where
+    in[b, s] is x[b, s] for s >= 0 and ctx[b, L + s] before it; w [TAPS, COUT, CIN].
+    SPLIT > 1 splits the (tap, input block) steps over programs (few rows, large weights): each
+    stores its partial sums, and the last to finish a tile adds them in a fixed order."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (batch, time) output rows
+    r_mask = r < rows
+    b = (r // T).to(tl.int64)
+    t = r % T
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_mask = co < COUT
+    ci_blocks = tl.cdiv(CIN, BLOCK_CI)
+    steps = TAPS * ci_blocks
+    per_split = tl.cdiv(steps, SPLIT)
+    first = tl.program_id(2) * per_split
+    acc = tl.zeros((BLOCK_R, BLOCK_CO), tl.float32)
+    for step in range(first, tl.minimum(first + per_split, steps)):
+        j = step // ci_blocks
+        ci = (step % ci_blocks) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+        ci_mask = ci < CIN
+        src = t - (TAPS - 1 - j) * dilation
+        in_x = (r_mask & (src >= 0))[:, None] & ci_mask[None, :]
+        in_ctx = (r_mask & (src < 0))[:, None] & ci_mask[None, :]
+        v = tl.load(x_ptr + (b * x_bstride + src * CIN)[:, None] + ci[None, :], mask=in_x, other=0.0)
+        v += tl.load(ctx_ptr + (b * ctx_bstride + (L + src) * CIN)[:, None] + ci[None, :], mask=in_ctx, other=0.0)
+        if SNAKE:
+            v = _snake(v, alpha_ptr, ci, ci_mask)
+        w = tl.load(w_ptr + (j * COUT + co)[None, :] * CIN + ci[:, None],  # [BLOCK_CI, BLOCK_CO], CIN-major
+                    mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
+        acc = tl.dot(v.to(w.dtype), w, acc, input_precision=PRECISION)
+    out = r.to(tl.int64)[:, None] * COUT + co[None, :]
+    mask = r_mask[:, None] & co_mask[None, :]
+    if SPLIT > 1:
+        tl.store(part_ptr + tl.program_id(2) * rows * COUT + out, acc, mask=mask)
+        tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+        arrived = tl.atomic_add(count_ptr + tile, 1)  # acq_rel: the partials are visible
+        last = arrived == SPLIT - 1
+        mask = mask & ((arrived + tl.zeros((BLOCK_R, BLOCK_CO), tl.int32)) == SPLIT - 1)  # the others are done
+        acc = tl.zeros((BLOCK_R, BLOCK_CO), tl.float32)
+        for i in range(SPLIT):
+            acc += tl.load(part_ptr + i * rows * COUT + out, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(count_ptr + tile, 0, mask=last)  # ready for the next call
+    acc += tl.load(bias_ptr + co, mask=co_mask, other=0.0)[None, :]
+    if RESIDUAL:
+        acc += tl.load(res_ptr + out, mask=mask, other=0.0)
+    if TANH:
+        acc = 1.0 - 2.0 / (tl.exp(2.0 * acc) + 1.0)
+    tl.store(y_ptr + out, acc, mask=mask)
+
+
+@triton.jit
+def _snake_after_context_kernel(x_ptr, ctx_ptr, alpha_ptr, out_ptr, T, L, C, ctx_bstride,
+                                BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[b] = [ctx[b] (already snaked); snake(x[b])] as [L + T, C]."""
+    b = tl.program_id(2).to(tl.int64)
+    i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    from_ctx = (i < L)[:, None] & c_mask[None, :]
+    from_x = ((i >= L) & (i < L + T))[:, None] & c_mask[None, :]
+    v = tl.load(x_ptr + (b * T + i - L)[:, None] * C + c[None, :], mask=from_x, other=0.0)
+    v = _snake(v, alpha_ptr, c, c_mask)
+    v = tl.where(from_ctx, tl.load(ctx_ptr + b * ctx_bstride + i[:, None] * C + c[None, :], mask=from_ctx,
+                                   other=0.0), v)
+    tl.store(out_ptr + (b * (L + T) + i)[:, None] * C + c[None, :], v, mask=from_ctx | from_x)
+
+
+@triton.jit
+def _roll_kernel(x_ptr, ctx_ptr, T, L, C, x_bstride, ctx_bstride, BLOCK_L: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
+    """ctx[b] <- the last L rows of [ctx[b]; x[b]] in place. One program holds all L rows of its
+    columns and loads them all before storing, so it may read rows it then overwrites."""
+    b = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    i = tl.arange(0, BLOCK_L)
+    src = i + T  # row in [ctx; x]
+    keep = (i < L)[:, None] & (c < C)[None, :]
+    in_x = keep & (src >= L)[:, None]
+    v = tl.load(x_ptr + b * x_bstride + (src - L)[:, None] * C + c[None, :], mask=in_x, other=0.0)
+    v += tl.load(ctx_ptr + b * ctx_bstride + src[:, None] * C + c[None, :], mask=keep & ~in_x, other=0.0)
+    tl.debug_barrier()
+    tl.store(ctx_ptr + b * ctx_bstride + i[:, None] * C + c[None, :], v, mask=keep)
+
+
+@dataclass
+class ConvPlan:
+    """One decoder conv as an implicit GEMM: weight [taps, C_out', C_in] where C_out' = C_out · upsample."""
+
+    module: nn.Module  # whose state slice holds the context
+    weight: Tensor
+    bias: Tensor
+    dilation: int
+    context: int  # L: input rows carried between pushes
+    upsample: int  # output samples per input row (a transposed conv's stride; 1 for a conv)
+    alpha: Tensor | None = None  # Snake applied to the input
+    snake_first: bool = False  # snake + context written once before a k7 conv (instead of per tile)
+    tanh: bool = False
+
+    @property
+    def taps(self) -> int:
+        return self.weight.shape[0]
+
+
+def conv_weights(module: CausalConv1d | CausalConvTranspose1d) -> tuple[Tensor, Tensor]:
+    """(weight [taps, C_out·s, C_in], bias [C_out·s]) of a causal conv or a k = 2s transposed conv
+    (C_in contiguous: tensor cores take float32 operands only K-major)."""
+    conv = module.conv
+    bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels, device=conv.weight.device)
+    if isinstance(module, CausalConv1d):
+        assert module.stride == 1 and conv.groups == 1, "the decoder's convs are stride 1, dense"
+        return conv.weight.detach().permute(2, 0, 1).contiguous(), bias.detach().clone()
+    s = module.stride
+    assert conv.kernel_size[0] == 2 * s and module.context_frames == 1, "decoder transposed convs have k = 2s"
+    w = conv.weight.detach()  # [C_in, C_out, 2s]: frame t's samples get taps 0..s-1 of x[t], s..2s-1 of x[t-1]
+    taps = torch.stack([w[:, :, s:], w[:, :, :s]])  # [2 (x[t-1], x[t]), C_in, C_out, s]
+    return taps.permute(0, 3, 2, 1).flatten(1, 2).contiguous(), bias.detach().repeat(s)
+
+
+def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, tanh: bool = False) -> ConvPlan:
+    weight, bias = conv_weights(module)
+    is_conv = isinstance(module, CausalConv1d)
+    return ConvPlan(module, weight, bias, module.conv.dilation[0] if is_conv else 1,
+                    module.left_pad if is_conv else 1, 1 if is_conv else module.stride,
+                    None if snake is None else snake.alpha.detach().flatten().contiguous(), snake_first, tanh)
+
+
+class FusedDecoder:
+    """`Decoder` streamed over many rows: `run` continues each row's stream from the contexts it
+    finds in the packed state (the slices of `engine/batched_vocoder.py`, read as [L, C_in])."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        layers = list(decoder.model)
+        self.first = _plan(layers[0], None)
+        self.blocks: list[tuple[ConvPlan, list[tuple[ConvPlan, ConvPlan]]]] = []
+        for block in layers[1:-3]:
+            snake, up, *units = block.block
+            self.blocks.append((_plan(up, snake), [
+                (_plan(u.block[1], u.block[0], snake_first=True), _plan(u.block[3], u.block[2]))
+                for u in units]))
+        self.last = _plan(layers[-2], layers[-3], snake_first=True, tanh=True)
+        counters(self.first.weight.device)
+
+    def run(self, x: Tensor, contexts: dict[nn.Module, Tensor]) -> Tensor:
+        """x [B, T, latent] -> PCM [B, T·hop]; contexts[module] is that conv's [B, L·C_in] slice of
+        the packed state (advanced in place)."""
+        h = self.conv(self.first, x, contexts)
+        for up, units in self.blocks:
+            h = self.conv(up, h, contexts)
+            for dilated, pointwise in units:
+                h = self.conv(pointwise, self.conv(dilated, h, contexts), contexts, residual=h)
+        return self.conv(self.last, h, contexts)[..., 0]
+
+    def conv(self, plan: ConvPlan, x: Tensor, contexts: dict[nn.Module, Tensor],
+             residual: Tensor | None = None) -> Tensor:
+        """x [B, T, C_in] -> [B, T·s, C_out], carrying plan.context input rows in contexts[plan.module]."""
+        batch, length, cin = x.shape
+        ctx = contexts.get(plan.module)
+        if ctx is None or plan.context == 0:
+            ctx = x
+        alpha = plan.alpha
+        if plan.snake_first:  # [context; snake(x)] once, read by the conv as one contiguous input
+            x = snake_after_context(x, ctx, plan.alpha, plan.context)
+            ctx, alpha = x, None
+        cout = plan.weight.shape[1]
+        y = torch.empty(batch, length, cout, dtype=x.dtype, device=x.device)
+        x_input = x[:, plan.context:] if plan.snake_first else x
+        _launch_conv(plan, x_input, ctx, alpha, residual, y)
+        if plan.context:
+            state = contexts[plan.module]
+            if plan.snake_first:  # the context is the conv's (snaked) input: the buffer's last L rows
+                state.view(batch, plan.context, cin).copy_(x[:, length:])
+            else:
+                roll_context(x, state, plan.context)
+        return y.view(batch, length * plan.upsample, cout // plan.upsample)
+
+
+_COUNTERS: dict[torch.device, Tensor] = {}  # per-tile arrival counts of split convs, left at zero
+_MIN_PROGRAMS = 264  # two per SM of an H100: fewer leave the weight stream short of bandwidth
+
+
+def counters(device: torch.device) -> Tensor:
+    """The device's split-conv counters. Created before any capture (FusedDecoder does): every launch
+    passes them, so the kernel's signature never changes and nothing compiles inside a CUDA graph."""
+    if device not in _COUNTERS:
+        _COUNTERS[device] = torch.zeros(4 * _MIN_PROGRAMS, dtype=torch.int32, device=device)
+    return _COUNTERS[device]
+
+
+def conv_tiles(rows: int, cin: int, cout: int, taps: int) -> tuple[int, int, int, int]:
+    """(BLOCK_R, BLOCK_CI, BLOCK_CO, SPLIT) (measured on an H100: 64 rows, 32 inputs and 128 outputs
+    per step on tensor cores, 4 warps, 3 stages)."""
+    block_co = min(128, max(16, triton.next_power_of_2(cout)))
+    if INTERPRET:  # numpy runs a program's block at once: few large programs are fastest
+        return min(4096, max(16, triton.next_power_of_2(rows))), 32, block_co, 1
+    block_ci = 32 if cin >= 32 else 16
+    tiles = triton.cdiv(rows, 64) * triton.cdiv(cout, block_co)
+    steps = taps * triton.cdiv(cin, block_ci)
+    split = max(1, min(steps // 4, triton.cdiv(_MIN_PROGRAMS, tiles), 64)) if tiles < _MIN_PROGRAMS else 1
+    return 64, block_ci, block_co, split
+
+
+def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, residual: Tensor | None,
+                 y: Tensor, split: int | None = None) -> None:
+    batch, length, cin = x.shape
+    cout, rows = y.shape[-1], batch * length
+    block_r, block_ci, block_co, tiled_split = conv_tiles(rows, cin, cout, plan.taps)
+    split = split or tiled_split
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(cout, block_co), split)
+    part = torch.empty(split, rows, cout, dtype=torch.float32, device=y.device) if split > 1 else y
+    _conv_kernel[grid](
+        x, ctx, plan.weight, plan.bias, alpha if alpha is not None else plan.bias,
+        residual if residual is not None else y, y, part, counters(y.device), rows, length, plan.context, cin, cout,
+        x.stride(0), ctx.stride(0), plan.dilation, TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None,
+        RESIDUAL=residual is not None, TANH=plan.tanh, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
+        PRECISION="ieee" if INTERPRET else "tf32", num_warps=4, num_stages=1 if INTERPRET else 3)
+
+
+def snake_after_context(x: Tensor, ctx: Tensor, alpha: Tensor, context: int) -> Tensor:
+    """[B, L + T, C]: ctx [B, L·C] (a state slice, already snaked) then snake(x [B, T, C])."""
+    batch, length, channels = x.shape
+    out = torch.empty(batch, context + length, channels, dtype=x.dtype, device=x.device)
+    block_r = min(4096, triton.next_power_of_2(context + length)) if INTERPRET else 32
+    block_c = min(128, triton.next_power_of_2(channels))
+    grid = (triton.cdiv(context + length, block_r), triton.cdiv(channels, block_c), batch)
+    _snake_after_context_kernel[grid](x, ctx, alpha, out, length, context, channels, ctx.stride(0),
+                                      BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+    return out
+
+
+def roll_context(x: Tensor, ctx: Tensor, context: int) -> None:
+    """ctx [B, L·C] <- the last L rows of [ctx; x [B, T, C]] per row, in place."""
+    batch, length, channels = x.shape
+    block_c = min(128, triton.next_power_of_2(channels))
+    _roll_kernel[(batch, triton.cdiv(channels, block_c))](
+        x, ctx, length, context, channels, x.stride(0), ctx.stride(0),
+        BLOCK_L=max(16, triton.next_power_of_2(context)), BLOCK_C=block_c, num_warps=4)

@@ -1,0 +1,94 @@
+"""The codec decoder's fused kernels (engine/codec_kernels.py) against the module path, on the same
+inputs: whole streamed pushes of the tiny codec, and single convolutions (context, Snake on load,
+residual, tanh, transposed, split over programs). On CPU they run in Triton's interpreter in
+float32, where they must agree to float rounding; tests/test_cuda.py repeats the push comparison
+at the real shapes on the GPU (TF32 products there)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.batched_vocoder import SlotVocoder
+from engine.codec_kernels import _launch_conv, _plan
+from engine.models.codec import Codec
+from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
+from tests.test_vocoder import HOP, make_codec, random_codes
+
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the interpreter
+# TF32 products on the GPU (the module path's cuDNN convolutions use TF32 too)
+PUSH_ATOL, CONV_ATOL = (5e-3, 1e-2) if DEVICE.type == "cuda" else (2e-6, 2e-5)
+
+
+@pytest.fixture(scope="module")
+def codec() -> Codec:
+    return make_codec().to(DEVICE)
+
+
+def test_fused_pushes_equal_module_pushes(codec: Codec) -> None:
+    fused, plain = SlotVocoder(codec, 3, fused=True), SlotVocoder(codec, 3, fused=False)
+    assert fused.fused is not None and plain.fused is None
+    codes0, pcm0 = [], []  # slot 0's stream
+    # slot 1 restarts mid-way; pushes of 1-4 frames; rows in any order
+    for i, (slots, n) in enumerate([([0], 1), ([0, 1], 2), ([1, 2, 0], 1), ("reset 1", 0), ([2, 1], 3),
+                                    ([0, 1], 4)]):
+        if slots == "reset 1":
+            fused.reset(1)
+            plain.reset(1)
+            continue
+        codes, index = random_codes(len(slots), n, seed=i).to(DEVICE), torch.tensor(slots, device=DEVICE)
+        got, want = fused.push(index, codes), plain.push(index, codes)
+        assert got.shape == (len(slots), n * HOP)
+        torch.testing.assert_close(got, want, atol=PUSH_ATOL, rtol=0)
+        if 0 in slots:
+            codes0.append(codes[slots.index(0)])
+            pcm0.append(got[slots.index(0)])
+    assert torch.equal(fused.positions, plain.positions)
+    # slot 0's stream, pushed in four parts, also equals one decode of all its 8 frames
+    whole = codec.decode(torch.cat(codes0, dim=-1)[None])[0, 0]
+    assert whole.shape == (8 * HOP,)
+    torch.testing.assert_close(torch.cat(pcm0), whole, atol=max(PUSH_ATOL, 1e-5), rtol=0)
+
+
+def _snaked(snake: Snake1d | None, x: torch.Tensor) -> torch.Tensor:
+    return x if snake is None else snake(x)
+
+
+@pytest.mark.parametrize("split", [1, 3])
+@pytest.mark.parametrize("kind", ["dilated", "pointwise", "transposed", "last"])
+def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
+    torch.manual_seed(0)
+    cin, batch, length = 40, 3, 11
+    module = {"dilated": CausalConv1d(cin, 24, 7, dilation=3), "pointwise": CausalConv1d(cin, 24, 1),
+              "transposed": CausalConvTranspose1d(cin, 20, 8, 4), "last": CausalConv1d(cin, 1, 7)}[kind].to(DEVICE)
+    snake = Snake1d(cin).to(DEVICE)
+    with torch.no_grad():
+        snake.alpha.uniform_(0.5, 2.0)
+        module.conv.bias.normal_()
+    plan = _plan(module, snake, tanh=kind == "last")
+    context = plan.context
+    x = torch.randn(batch, length, cin, device=DEVICE)
+    ctx = torch.randn(batch, max(context, 1) * cin, device=DEVICE)  # pre-Snake inputs before x, [L, C] per row
+    residual = torch.randn(batch, length, plan.weight.shape[1], device=DEVICE) if kind == "pointwise" else None
+    y = torch.empty(batch, length, plan.weight.shape[1], device=DEVICE)
+    _launch_conv(plan, x, ctx, plan.alpha, residual, y, split=split)
+    # reference: the module on Snake of [context; x], channels first
+    full = _snaked(snake, torch.cat([ctx.view(batch, -1, cin)[:, :context], x], 1).transpose(1, 2))
+    with torch.no_grad():
+        if kind == "transposed":
+            want, _ = module.step(full[..., context:], full[..., :context])
+        else:
+            want = module.conv(full)
+    want = want.transpose(1, 2)
+    if residual is not None:
+        want = want + residual
+    if kind == "last":
+        want = torch.tanh(want)
+    got = y.view(batch, length * plan.upsample, -1)
+    torch.testing.assert_close(got, want, atol=CONV_ATOL, rtol=1e-5)
+
+
+def test_fused_codec_decoder_needs_float32(codec: Codec) -> None:
+    half = make_codec().to(DEVICE, torch.bfloat16)
+    with pytest.raises(ValueError, match="float32"):
+        SlotVocoder(half, 2, fused=True)
