@@ -10,6 +10,10 @@ pass (the layer walk of `engine/vocoder.py`) and scatters their new state back; 
 untouched. Shapes depend only on (B, n) and nothing syncs with the host, so `push` can be captured
 in a CUDA graph per (B, n) with static `slots` / `codes` buffers.
 
+On CUDA (float32) the decoder part runs through the fused kernels of `engine/codec_kernels.py`, whose
+convolutions keep their context in the same slices as [L, C_in] rows (channels-last); the transformer
+and the upsampling blocks before it take the layer walk either way.
+
 Exact per row: upstream numbers transformer positions from 0 within each stream and its RoPE tables
 are bf16-rounded, so each row's RoPE is computed at its own positions; each row's attention mask hides
 keys before its own stream start, which covers both the zero padding of a fresh stream and any keys a

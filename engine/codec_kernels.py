@@ -65,7 +65,8 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, res_ptr, y_ptr, par
         in_x = (r_mask & (src >= 0))[:, None] & ci_mask[None, :]
         in_ctx = (r_mask & (src < 0))[:, None] & ci_mask[None, :]
         v = tl.load(x_ptr + (b * x_bstride + src * CIN)[:, None] + ci[None, :], mask=in_x, other=0.0)
-        v += tl.load(ctx_ptr + (b * ctx_bstride + (L + src) * CIN)[:, None] + ci[None, :], mask=in_ctx, other=0.0)
+        ctx_rows = b * ctx_bstride + (L + src) * CIN
+        v += tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_ctx, other=0.0)
         if SNAKE:
             v = _snake(v, alpha_ptr, ci, ci_mask)
         w = tl.load(w_ptr + (j * COUT + co)[None, :] * CIN + ci[:, None],  # [BLOCK_CI, BLOCK_CO], CIN-major
@@ -78,7 +79,8 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, res_ptr, y_ptr, par
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         arrived = tl.atomic_add(count_ptr + tile, 1)  # acq_rel: the partials are visible
         last = arrived == SPLIT - 1
-        mask = mask & ((arrived + tl.zeros((BLOCK_R, BLOCK_CO), tl.int32)) == SPLIT - 1)  # the others are done
+        # only the last arrival reads the partials and stores (the others are done)
+        mask = mask & ((arrived + tl.zeros((BLOCK_R, BLOCK_CO), tl.int32)) == SPLIT - 1)
         acc = tl.zeros((BLOCK_R, BLOCK_CO), tl.float32)
         for i in range(SPLIT):
             acc += tl.load(part_ptr + i * rows * COUT + out, mask=mask, other=0.0, cache_modifier=".cg")
@@ -252,8 +254,8 @@ def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, r
     part = torch.empty(split, rows, cout, dtype=torch.float32, device=y.device) if split > 1 else y
     _conv_kernel[grid](
         x, ctx, plan.weight, plan.bias, alpha if alpha is not None else plan.bias,
-        residual if residual is not None else y, y, part, counters(y.device), rows, length, plan.context, cin, cout,
-        x.stride(0), ctx.stride(0), plan.dilation, TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None,
+        residual if residual is not None else y, y, part, counters(y.device), rows, length, plan.context,
+        cin, cout, x.stride(0), ctx.stride(0), plan.dilation, TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None,
         RESIDUAL=residual is not None, TANH=plan.tanh, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
         PRECISION="ieee" if INTERPRET else "tf32", num_warps=4, num_stages=1 if INTERPRET else 3)
 
