@@ -278,12 +278,14 @@ def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,n", [(2, 70), (8, 6100), (16, 33), (24, 70)])
-def test_gemm_rows_matches_linear(dtype, rows, n) -> None:
-    """The few-row projection kernel (both tile shapes) against F.linear."""
+@pytest.mark.parametrize("rows,n,k", [(2, 70, 256), (8, 6100, 256), (16, 33, 256), (24, 70, 256),
+                                      (4, 10050, 384), (32, 10050, 256)])
+def test_gemm_rows_matches_linear(dtype, rows, n, k) -> None:
+    """The few-row projection kernel (all tile shapes; two weight tiles loaded ahead from 10,000
+    outputs) against F.linear."""
     g = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 256, generator=g).to(DEV, dtype)
-    w = (torch.randn(n, 256, generator=g) * 0.05).to(DEV, dtype)
+    x = torch.randn(rows, k, generator=g).to(DEV, dtype)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
     got = kernels.gemm_rows(x, w)
     assert got is not None
     torch.testing.assert_close(got.float(), F.linear(x, w).float(),
