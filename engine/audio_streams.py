@@ -2,9 +2,11 @@
 
 A streaming request gets a vocoder row for its whole life (across text chunks). Its first frame is
 decoded at once (time to first audio); later frames are decoded in growing groups (1, 2, 4, ... up to
-`group_frames`), which keeps the number of decoder launches per step small at any concurrency while
-the audio already out always covers the time until the next group. Rows with the same number of
-pending frames share one call.
+`group_frames`), so the audio already out always covers the time until the next group. Past that
+ramp, streams push together on a shared beat every `group_frames` engine steps: streams that started
+at different steps then have the same number of pending frames and share one decoder call, which
+reads the codec's weights once for all of them instead of once per group of starters. Rows with the
+same number of pending frames share one call.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ class _Stream:
     pending: list[np.ndarray] = field(default_factory=list)  # [10] codes per frame
     pushes: int = 0
 
-    def due(self, group_frames: int) -> bool:
-        return len(self.pending) >= min(2 ** self.pushes, group_frames)
+    def ramping(self, group_frames: int) -> bool:
+        return 2 ** self.pushes < group_frames
 
 
 @dataclass
@@ -64,6 +66,8 @@ class AudioStreams:
         self.graphs: dict[tuple[int, int], tuple] = {}  # (rows, frames) -> graph, inputs, output
         self.decoded: deque[_Decoded] = deque()  # pushes whose PCM has not been handed out yet
         self.graph_pool = torch.cuda.graph_pool_handle() if cuda else None
+        self.steps = 0  # engine steps (tick)
+        self.beat = False  # this step's shared push has not been queued yet
 
     def warm_up(self) -> None:
         """CUDA: capture a graph of every (rows, frames) shape the streams will use, on the scratch
@@ -105,6 +109,16 @@ class AudioStreams:
         if stream is not None:
             stream.pending.append(codes)
 
+    def tick(self) -> None:
+        """One engine step: every group_frames steps the streams past their ramp push together."""
+        self.steps += 1
+        self.beat = self.steps % self.group_frames == 0
+
+    def due(self, stream: _Stream) -> bool:
+        if stream.ramping(self.group_frames):
+            return len(stream.pending) >= 2 ** stream.pushes
+        return self.beat or len(stream.pending) >= self.group_frames
+
     def starting(self) -> set[int]:
         """Streams whose first frame waits: decoded without delay for time to first audio."""
         return {rid for rid, s in self.streams.items() if s.pushes == 0 and s.pending}
@@ -115,8 +129,9 @@ class AudioStreams:
         the streams in `flush` (a first frame, an ended chunk), whose audio is returned now."""
         groups: dict[int, list[int]] = defaultdict(list)
         for rid, stream in self.streams.items():
-            if stream.pending and (rid in flush or stream.due(self.group_frames)) and self._row(stream):
+            if stream.pending and (rid in flush or self.due(stream)) and self._row(stream):
                 groups[len(stream.pending)].append(rid)
+        self.beat = False
         with self._side_stream():
             for rids in groups.values():
                 self.decoded.append(self._push(rids))

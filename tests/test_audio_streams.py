@@ -1,0 +1,40 @@
+"""AudioStreams scheduling on the tiny codec (CPU): a stream's first frame is decoded at once, then
+in growing groups, and past that ramp streams that started at different steps push together on the
+shared beat (one decoder call for all of them). Every stream's PCM equals a one-shot decode of its
+codes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.audio_streams import AudioStreams
+from tests.test_vocoder import make_codec, random_codes
+
+
+def test_streams_started_apart_share_one_push_after_their_ramp() -> None:
+    codec = make_codec()
+    streams = AudioStreams(codec, max_rows=4, group_frames=4)
+    calls: list[tuple[int, int, list[int]]] = []  # (step, frames, vocoder rows)
+    push = streams.vocoder.push
+    streams.vocoder.push = lambda slots, codes: (calls.append((step, codes.shape[-1], slots.tolist())),
+                                                 push(slots, codes))[1]
+    starts, num_frames = {0: 0, 1: 1, 2: 3}, 30
+    codes = {rid: random_codes(1, num_frames, seed=rid)[0].numpy() for rid in starts}
+    pcm: dict[int, list[np.ndarray]] = {rid: [] for rid in starts}
+    for step in range(num_frames + 4):
+        streams.tick()
+        for rid, start in starts.items():
+            if step == start:
+                streams.open(rid)
+            if start <= step < start + num_frames:
+                streams.add(rid, codes[rid][:, step - start])
+        ended = {rid for rid, start in starts.items() if step == start + num_frames - 1}
+        for rid, chunk in streams.decode(streams.starting() | ended):
+            pcm[rid].append(chunk)
+    for rid in starts:
+        whole = codec.decode(torch.from_numpy(codes[rid])[None])[0, 0].numpy()
+        np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=1e-5, rtol=0)
+    # each stream: 1, 2 frames (ramp), then beats; from step 8 on every beat is one call for all three
+    beats = [(step, n, rows) for step, n, rows in calls if 8 <= step < 29]
+    assert [step for step, _, _ in beats] == [11, 15, 19, 23, 27]
+    assert all(n == 4 and len(rows) == 3 for _, n, rows in beats)
