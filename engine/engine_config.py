@@ -38,8 +38,8 @@ class EngineConfig:
             raise ValueError("num_blocks must be positive")
         if not 0.05 <= self.gpu_memory_fraction <= 0.98:
             raise ValueError("gpu_memory_fraction must be in [0.05, 0.98]")
-        if not 1 <= self.vocoder_group_frames <= 64:
-            raise ValueError("vocoder_group_frames must be in [1, 64]")
+        if not 1 <= self.vocoder_group_frames <= 16:  # CUDA captures a vocoder graph per group size
+            raise ValueError("vocoder_group_frames must be in [1, 16]")
         if self.prefill_graph_tokens not in (0, 16, 32, 64, 128, 256, 512, 1024, 2048):
             raise ValueError("prefill_graph_tokens must be 0 or a power of two from 16 to 2048")
         if self.compile and self.fused_kernels:

@@ -5,6 +5,7 @@ codes."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from engine.audio_streams import AudioStreams
@@ -38,3 +39,11 @@ def test_streams_started_apart_share_one_push_after_their_ramp() -> None:
     beats = [(step, n, rows) for step, n, rows in calls if 8 <= step < 29]
     assert [step for step, _, _ in beats] == [11, 15, 19, 23, 27]
     assert all(n == 4 and len(rows) == 3 for _, n, rows in beats)
+
+
+def test_group_size_is_bounded_because_each_size_gets_a_graph() -> None:
+    from engine.engine_config import EngineConfig
+    assert EngineConfig(vocoder_group_frames=16).vocoder_group_frames == 16
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match=r"vocoder_group_frames must be in \[1, 16\]"):
+            EngineConfig(vocoder_group_frames=bad)
