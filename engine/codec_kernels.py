@@ -13,7 +13,9 @@ convolution is one implicit-GEMM kernel on tensor cores that
 
 A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
 s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
-Float32 in and out; the products run in TF32 on CUDA like cuDNN's default convolutions.
+Float32 in and out; the products run in TF32 on CUDA like cuDNN's default convolutions. The
+rearranged weights are a second copy next to the module's (~220 MB for the S2 Pro codec), which the
+one-shot decode and the encoder keep using.
 Tested against the module path (tests/test_codec_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
