@@ -3,10 +3,11 @@
 A streaming request gets a vocoder row for its whole life (across text chunks). Its first frame is
 decoded at once (time to first audio); later frames are decoded in growing groups (1, 2, 4, ... up to
 `group_frames`), so the audio already out always covers the time until the next group. Past that
-ramp, streams push together on a shared beat every `group_frames` engine steps: streams that started
-at different steps then have the same number of pending frames and share one decoder call, which
-reads the codec's weights once for all of them instead of once per group of starters. Rows with the
-same number of pending frames share one call.
+ramp, whenever one stream's group is full every other stream past its ramp pushes what it has with
+it: streams that started at different steps fall into step after one group and then share one
+decoder call, which reads the codec's weights once for all of them. Rows with the same number of
+pending frames share one call. A stream alone keeps the plain 1, 2, 4, ..., group_frames cadence,
+so its audio is the same at every run (the split into pushes moves float rounding).
 """
 from __future__ import annotations
 
@@ -66,8 +67,6 @@ class AudioStreams:
         self.graphs: dict[tuple[int, int], tuple] = {}  # (rows, frames) -> graph, inputs, output
         self.decoded: deque[_Decoded] = deque()  # pushes whose PCM has not been handed out yet
         self.graph_pool = torch.cuda.graph_pool_handle() if cuda else None
-        self.steps = 0  # engine steps (tick)
-        self.beat = False  # this step's shared push has not been queued yet
 
     def warm_up(self) -> None:
         """CUDA: capture a graph of every (rows, frames) shape the streams will use, on the scratch
@@ -109,15 +108,11 @@ class AudioStreams:
         if stream is not None:
             stream.pending.append(codes)
 
-    def tick(self) -> None:
-        """One engine step: every group_frames steps the streams past their ramp push together."""
-        self.steps += 1
-        self.beat = self.steps % self.group_frames == 0
-
-    def due(self, stream: _Stream) -> bool:
+    def due(self, stream: _Stream, full: bool) -> bool:
+        """full: some stream past its ramp has a whole group pending (the others push with it)."""
         if stream.ramping(self.group_frames):
             return len(stream.pending) >= 2 ** stream.pushes
-        return self.beat or len(stream.pending) >= self.group_frames
+        return full
 
     def starting(self) -> set[int]:
         """Streams whose first frame waits: decoded without delay for time to first audio."""
@@ -128,10 +123,11 @@ class AudioStreams:
         the PCM of finished pushes, in order. The host never waits for the side stream, except for
         the streams in `flush` (a first frame, an ended chunk), whose audio is returned now."""
         groups: dict[int, list[int]] = defaultdict(list)
+        full = any(len(s.pending) >= self.group_frames and not s.ramping(self.group_frames)
+                   for s in self.streams.values())
         for rid, stream in self.streams.items():
-            if stream.pending and (rid in flush or self.due(stream)) and self._row(stream):
+            if stream.pending and (rid in flush or self.due(stream, full)) and self._row(stream):
                 groups[len(stream.pending)].append(rid)
-        self.beat = False
         with self._side_stream():
             for rids in groups.values():
                 self.decoded.append(self._push(rids))

@@ -196,7 +196,6 @@ class Engine:
         decode due audio, and turn the last frame's tokens into events. With run-ahead the frame
         read here is the one queued by the previous step (the device already works on the next)."""
         events, self.pending = self.pending, []
-        self.streams.tick()
         if self.inflight is not None and self.inflight.first_audio:
             # A stream's first frame is in flight: read it and decode its audio before queueing the
             # next frame (overlapped, the codec's kernels would wait behind the AR frame's).

@@ -23,7 +23,6 @@ def test_streams_started_apart_share_one_push_after_their_ramp() -> None:
     codes = {rid: random_codes(1, num_frames, seed=rid)[0].numpy() for rid in starts}
     pcm: dict[int, list[np.ndarray]] = {rid: [] for rid in starts}
     for step in range(num_frames + 4):
-        streams.tick()
         for rid, start in starts.items():
             if step == start:
                 streams.open(rid)
@@ -35,10 +34,37 @@ def test_streams_started_apart_share_one_push_after_their_ramp() -> None:
     for rid in starts:
         whole = codec.decode(torch.from_numpy(codes[rid])[None])[0, 0].numpy()
         np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=1e-5, rtol=0)
-    # each stream: 1, 2 frames (ramp), then beats; from step 8 on every beat is one call for all three
-    beats = [(step, n, rows) for step, n, rows in calls if 8 <= step < 29]
-    assert [step for step, _, _ in beats] == [11, 15, 19, 23, 27]
-    assert all(n == 4 and len(rows) == 3 for _, n, rows in beats)
+    # each stream: 1, 2 frames (ramp); at step 6 stream 0's group is full and the other two push
+    # what they have with it; from then on every group is one call for all three
+    assert [(n, rows) for step, n, rows in calls if step == 6] == [(4, [0]), (3, [1]), (1, [2])]
+    shared = [(step, n, rows) for step, n, rows in calls if 7 <= step < 29]
+    assert [step for step, _, _ in shared] == [10, 14, 18, 22, 26]
+    assert all(n == 4 and len(rows) == 3 for _, n, rows in shared)
+
+
+def test_a_stream_alone_is_pushed_the_same_way_whenever_it_starts() -> None:
+    codec = make_codec()
+    codes = random_codes(1, 14, seed=5)[0].numpy()
+    runs = []
+    for idle_steps in (0, 3):  # another stream came and went before: nothing carries over
+        streams = AudioStreams(codec, max_rows=2, group_frames=4)
+        sizes: list[int] = []
+        push = streams.vocoder.push
+        streams.vocoder.push = lambda slots, c: (sizes.append(c.shape[-1]), push(slots, c))[1]
+        for step in range(idle_steps):
+            streams.open(99)
+            streams.add(99, codes[:, step])
+            streams.decode(streams.starting())
+            streams.close(99)
+        sizes.clear()
+        streams.open(0)
+        pcm = []
+        for i in range(14):
+            streams.add(0, codes[:, i])
+            pcm += [p for _, p in streams.decode(streams.starting() | ({0} if i == 13 else set()))]
+        runs.append((sizes, np.concatenate(pcm)))
+    assert runs[0][0] == runs[1][0] == [1, 2, 4, 4, 3]
+    assert np.array_equal(runs[0][1], runs[1][1])
 
 
 def test_group_size_is_bounded_because_each_size_gets_a_graph() -> None:
