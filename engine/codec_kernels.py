@@ -27,16 +27,14 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from engine.kernels import INTERPRET, _sin
+from engine.kernels import INTERPRET, snake_value
 from engine.models.codec import Decoder
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 
 
 @triton.jit
 def _snake(v, alpha_ptr, ch, ch_mask):
-    alpha = tl.load(alpha_ptr + ch, mask=ch_mask, other=1.0)[None, :]
-    s = _sin(alpha * v)
-    return v + (1.0 / (alpha + 1e-9)) * (s * s)
+    return snake_value(v, tl.load(alpha_ptr + ch, mask=ch_mask, other=1.0)[None, :])
 
 
 @triton.jit

@@ -212,14 +212,20 @@ def frame_embed(frame: Tensor, tok_emb: Tensor, cb_emb: Tensor, sem_start: int, 
 # -- codec ----------------------------------------------------------------------------------------
 
 @triton.jit
+def snake_value(x, alpha):
+    """x + sin²(αx) / (α + 1e-9) in float32 (also used by codec_kernels.py)."""
+    s = _sin(alpha * x)
+    return x + (1.0 / (alpha + 1e-9)) * (s * s)
+
+
+@triton.jit
 def _snake_kernel(x_ptr, alpha_ptr, out_ptr, channels, length, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # (batch, channel)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < length
     alpha = tl.load(alpha_ptr + row % channels).to(tl.float32)
     x = tl.load(x_ptr + row * length + cols, mask=mask, other=0.0).to(tl.float32)
-    s = _sin(alpha * x)
-    y = x + (1.0 / (alpha + 1e-9)) * (s * s)
+    y = snake_value(x, alpha)
     tl.store(out_ptr + row * length + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
