@@ -14,6 +14,8 @@ from torch import Tensor
 
 from engine.kernels import LAUNCH, _after_previous
 
+WARPS = 8
+
 
 @triton.jit
 def _hash32(x):
@@ -26,22 +28,41 @@ def _hash32(x):
 
 
 @triton.jit
-def _draw(logits, keys, idx, noise_key, temperature, top_p, top_k, KEY_BITS: tl.constexpr):
-    """One token from float32 logits [V] (-inf where impossible): filter, temper, Exp(1) noise."""
-    m = tl.max(logits, axis=0)
-    e = tl.exp(logits - m)
-    p = e / tl.sum(e, axis=0)
-    # Smallest key threshold whose prefix respects top_k and top_p; the top token is always kept.
+def _thresholds(keys, p, top_k, top_p, top_p2, TWO: tl.constexpr, KEY_BITS: tl.constexpr):
+    """Smallest key threshold whose prefix respects top_k and top_p (the top token is always kept),
+    by binary search; with TWO also the one for top_p2, in the same loop.
+
+    A candidate set's count and probability mass come from one integer sum: each token adds
+    2**48 + its probability in units of 2**-40, so the sum is exact and independent of order."""
+    packed = tl.where(keys >= 0, (1 << 48) + (p * 1099511627776.0).to(tl.int64), 0)
+    low = (1 << 48) - 1
+    limit = (top_p.to(tl.float64) * 1099511627776.0).to(tl.int64)
+    limit2 = (top_p2.to(tl.float64) * 1099511627776.0).to(tl.int64)
     lo = tl.zeros((), tl.int64)
     hi = tl.max(keys, axis=0)
+    lo2 = lo
+    hi2 = hi
     for _ in range(KEY_BITS + 1):
         mid = lo + (hi - lo) // 2
-        sel = keys >= mid
-        ok = (tl.sum(sel.to(tl.int32), axis=0) <= top_k) & (tl.sum(tl.where(sel, p, 0.0), axis=0) <= top_p)
+        total = tl.sum(tl.where(keys >= mid, packed, 0), axis=0)
+        ok = ((total >> 48) <= top_k) & ((total & low) <= limit)
         active = lo < hi
         hi = tl.where(active & ok, mid, hi)
         lo = tl.where(active & ~ok, mid + 1, lo)
-    x = tl.where(keys >= hi, logits / tl.maximum(temperature, 1e-5), float("-inf"))
+        if TWO:
+            mid2 = lo2 + (hi2 - lo2) // 2
+            total2 = tl.sum(tl.where(keys >= mid2, packed, 0), axis=0)
+            ok2 = ((total2 >> 48) <= top_k) & ((total2 & low) <= limit2)
+            active2 = lo2 < hi2
+            hi2 = tl.where(active2 & ok2, mid2, hi2)
+            lo2 = tl.where(active2 & ~ok2, mid2 + 1, lo2)
+    return hi, hi2
+
+
+@triton.jit
+def _pick(logits, keys, idx, threshold, noise_key, temperature):
+    """The token drawn from the kept set (keys >= threshold) at `temperature` with Exp(1) noise."""
+    x = tl.where(keys >= threshold, logits / tl.maximum(temperature, 1e-5), float("-inf"))
     q = tl.exp(x - tl.max(x, axis=0))
     probs = q / tl.sum(q, axis=0)
     bits = _hash32(noise_key ^ _hash32(idx.to(tl.uint32) * 0x2545F491))
@@ -73,11 +94,15 @@ def _sample_kernel(logits_ptr, stride_l, vocab, slots_ptr, frames_ptr, temp_ptr,
     top_p = tl.load(top_p_ptr + slot)
     seed_key = _hash32(seed.to(tl.uint32) ^ _hash32((seed >> 32).to(tl.uint32)))
     counter = tl.load(frames_ptr + row) * 16 + draw
-    tok = _draw(logits, keys, idx, _hash32(seed_key ^ _hash32(counter.to(tl.uint32))),
-                temperature, top_p, top_k, 32 - SHIFT + 13)
+    m = tl.max(logits, axis=0)
+    e = tl.exp(logits - m)
+    p = e / tl.sum(e, axis=0)
+    # SLOW: the RAS redraw (temperature 1.0, top-p 0.9, same top_k) is searched in the same loop.
+    kept, kept_ras = _thresholds(keys, p, top_k, top_p, tl.full((), 0.9, tl.float32), SLOW,
+                                  32 - SHIFT + 13)
+    tok = _pick(logits, keys, idx, kept, _hash32(seed_key ^ _hash32(counter.to(tl.uint32))), temperature)
     if SLOW:
-        high = _draw(logits, keys, idx, _hash32(seed_key ^ _hash32((counter + 1).to(tl.uint32))),
-                     1.0, 0.9, top_k, 32 - SHIFT + 13)
+        high = _pick(logits, keys, idx, kept_ras, _hash32(seed_key ^ _hash32((counter + 1).to(tl.uint32))), 1.0)
         w = tl.arange(0, 16)
         recent = tl.load(recent_ptr + slot * WINDOW + w, mask=w < WINDOW, other=-2)
         repeats = tl.sum((recent == tok).to(tl.int32), axis=0) > 0
@@ -109,4 +134,4 @@ def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tens
         params.ras, params.seed, recent if slow else out, out, out.stride(0), out_col, draw,
         ignore_last if slow else slots,
         SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
-        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=8, **LAUNCH)
+        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=WARPS, **LAUNCH)
