@@ -7,9 +7,11 @@ convolution is one implicit-GEMM kernel on tensor cores that
 
 - reads its left context straight from the carried state and the new input from the previous layer
   (no concatenation),
-- applies the Snake before it while loading (a transposed conv and a k1 conv see each input once per
-  output tile; the k7 convs instead get their input written once, snaked, after its context),
-- adds the bias, the residual and the final tanh before storing.
+- applies the Snake before it while loading (a k1 conv), or gets its input already snaked: a k7 conv
+  from a pass that writes [context; snake(input)] once, a transposed conv from the epilogue of the
+  conv before it,
+- adds the bias, the residual, the next layer's Snake (before a transposed conv) and the final tanh
+  before storing.
 
 A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
 s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
@@ -38,12 +40,12 @@ def _snake(v, alpha_ptr, ch, ch_mask):
 
 
 @triton.jit
-def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, res_ptr, y_ptr, part_ptr, count_ptr, rows, T, L,
-                 CIN, COUT, x_bstride, ctx_bstride, dilation, TAPS: tl.constexpr, SPLIT: tl.constexpr,
-                 SNAKE: tl.constexpr, RESIDUAL: tl.constexpr, TANH: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr):
-    """y[b, t] = bias + Σ_j snake?(in[b, t - (TAPS-1-j)·dilation]) @ w[j].T (+ res) (tanh?), where
-    in[b, s] is x[b, s] for s >= 0 and ctx[b, L + s] before it; w [TAPS, COUT, CIN].
+def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_ptr, y_ptr, part_ptr, count_ptr,
+                 rows, T, L, CIN, COUT, x_bstride, ctx_bstride, dilation, TAPS: tl.constexpr, SPLIT: tl.constexpr,
+                 SNAKE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_SNAKE: tl.constexpr, TANH: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr):
+    """y[b, t] = out_snake?(bias + Σ_j snake?(in[b, t - (TAPS-1-j)·dilation]) @ w[j].T (+ res)) (tanh?),
+    where in[b, s] is x[b, s] for s >= 0 and ctx[b, L + s] before it; w [TAPS, COUT, CIN].
     SPLIT > 1 splits the (tap, input block) steps over programs (few rows, large weights): each
     stores its partial sums, and the last to finish a tile adds them in a fixed order."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (batch, time) output rows
@@ -88,6 +90,8 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, res_ptr, y_ptr, par
     acc += tl.load(bias_ptr + co, mask=co_mask, other=0.0)[None, :]
     if RESIDUAL:
         acc += tl.load(res_ptr + out, mask=mask, other=0.0)
+    if OUT_SNAKE:  # the next layer's Snake, once per output (stride-1 convs: channel = co)
+        acc = _snake(acc, out_alpha_ptr, co, co_mask)
     if TANH:
         acc = 1.0 - 2.0 / (tl.exp(2.0 * acc) + 1.0)
     tl.store(y_ptr + out, acc, mask=mask)
@@ -137,8 +141,9 @@ class ConvPlan:
     dilation: int
     context: int  # L: input rows carried between pushes
     upsample: int  # output samples per input row (a transposed conv's stride; 1 for a conv)
-    alpha: Tensor | None = None  # Snake applied to the input
+    alpha: Tensor | None = None  # Snake applied to the input while loading
     snake_first: bool = False  # snake + context written once before a k7 conv (instead of per tile)
+    out_alpha: Tensor | None = None  # the next layer's Snake, applied to the output before storing
     tanh: bool = False
 
     @property
@@ -161,12 +166,18 @@ def conv_weights(module: CausalConv1d | CausalConvTranspose1d) -> tuple[Tensor, 
     return taps.permute(0, 3, 2, 1).flatten(1, 2).contiguous(), bias.detach().repeat(s)
 
 
-def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, tanh: bool = False) -> ConvPlan:
+def _alpha(snake: Snake1d | None) -> Tensor | None:
+    return None if snake is None else snake.alpha.detach().flatten().contiguous()
+
+
+def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, out_snake: Snake1d | None = None,
+          tanh: bool = False) -> ConvPlan:
     weight, bias = conv_weights(module)
     is_conv = isinstance(module, CausalConv1d)
+    assert out_snake is None or is_conv, "an output Snake needs one output channel per column"
     return ConvPlan(module, weight, bias, module.conv.dilation[0] if is_conv else 1,
                     module.left_pad if is_conv else 1, 1 if is_conv else module.stride,
-                    None if snake is None else snake.alpha.detach().flatten().contiguous(), snake_first, tanh)
+                    _alpha(snake), snake_first, _alpha(out_snake), tanh)
 
 
 class FusedDecoder:
@@ -174,14 +185,22 @@ class FusedDecoder:
     finds in the packed state (the slices of `engine/batched_vocoder.py`, read as [L, C_in])."""
 
     def __init__(self, decoder: Decoder) -> None:
+        """The Snake before a block's transposed conv runs in the epilogue of the conv before it, whose
+        output nothing else reads (applied while loading, it was recomputed for each of the transposed
+        conv's many output tiles). The one before a unit's k1 conv runs while that conv loads (few
+        output tiles; in the k7 conv's epilogue it measured slower), and the one before a unit's k7
+        conv, whose input is also the residual, in the pass that writes [context; input] once."""
         layers = list(decoder.model)
-        self.first = _plan(layers[0], None)
+        blocks = [block.block for block in layers[1:-3]]
+        self.first = _plan(layers[0], None, out_snake=blocks[0][0])
         self.blocks: list[tuple[ConvPlan, list[tuple[ConvPlan, ConvPlan]]]] = []
-        for block in layers[1:-3]:
-            snake, up, *units = block.block
-            self.blocks.append((_plan(up, snake), [
-                (_plan(u.block[1], u.block[0], snake_first=True), _plan(u.block[3], u.block[2]))
-                for u in units]))
+        for i, (_, up, *units) in enumerate(blocks):
+            plans = []
+            for j, u in enumerate(units):
+                feeds_up = j == len(units) - 1 and i + 1 < len(blocks)
+                plans.append((_plan(u.block[1], u.block[0], snake_first=True),
+                              _plan(u.block[3], u.block[2], out_snake=blocks[i + 1][0] if feeds_up else None)))
+            self.blocks.append((_plan(up, None), plans))
         self.last = _plan(layers[-2], layers[-3], snake_first=True, tanh=True)
         counters(self.first.weight.device)
 
@@ -252,11 +271,13 @@ def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, r
     split = split or tiled_split
     grid = (triton.cdiv(rows, block_r), triton.cdiv(cout, block_co), split)
     part = torch.empty(split, rows, cout, dtype=torch.float32, device=y.device) if split > 1 else y
+    out_alpha = plan.out_alpha
     _conv_kernel[grid](
         x, ctx, plan.weight, plan.bias, alpha if alpha is not None else plan.bias,
-        residual if residual is not None else y, y, part, counters(y.device), rows, length, plan.context,
-        cin, cout, x.stride(0), ctx.stride(0), plan.dilation, TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None,
-        RESIDUAL=residual is not None, TANH=plan.tanh, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
+        out_alpha if out_alpha is not None else plan.bias, residual if residual is not None else y, y, part,
+        counters(y.device), rows, length, plan.context, cin, cout, x.stride(0), ctx.stride(0), plan.dilation,
+        TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None, RESIDUAL=residual is not None,
+        OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
         PRECISION="ieee" if INTERPRET else "tf32", num_warps=4, num_stages=1 if INTERPRET else 3)
 
 

@@ -55,17 +55,22 @@ def _snaked(snake: Snake1d | None, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("split", [1, 3])
-@pytest.mark.parametrize("kind", ["dilated", "pointwise", "transposed", "last"])
+@pytest.mark.parametrize("kind", ["dilated", "pointwise", "transposed", "last", "dilated+snake",
+                                  "pointwise+snake"])
 def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
+    """One conv (Snake on its input while loading; '+snake': the next layer's Snake applied to its
+    output before storing) against the torch module."""
     torch.manual_seed(0)
     cin, batch, length = 40, 3, 11
+    kind, _, then = kind.partition("+")
     module = {"dilated": CausalConv1d(cin, 24, 7, dilation=3), "pointwise": CausalConv1d(cin, 24, 1),
               "transposed": CausalConvTranspose1d(cin, 20, 8, 4), "last": CausalConv1d(cin, 1, 7)}[kind].to(DEVICE)
-    snake = Snake1d(cin).to(DEVICE)
+    snake, out_snake = Snake1d(cin).to(DEVICE), Snake1d(24).to(DEVICE)
     with torch.no_grad():
         snake.alpha.uniform_(0.5, 2.0)
+        out_snake.alpha.uniform_(0.5, 2.0)
         module.conv.bias.normal_()
-    plan = _plan(module, snake, tanh=kind == "last")
+    plan = _plan(module, snake, out_snake=out_snake if then else None, tanh=kind == "last")
     context = plan.context
     x = torch.randn(batch, length, cin, device=DEVICE)
     ctx = torch.randn(batch, max(context, 1) * cin, device=DEVICE)  # pre-Snake inputs before x, [L, C] per row
@@ -84,6 +89,8 @@ def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
         want = want + residual
     if kind == "last":
         want = torch.tanh(want)
+    if then:
+        want = _snaked(out_snake, want.transpose(1, 2)).transpose(1, 2)
     got = y.view(batch, length * plan.upsample, -1)
     torch.testing.assert_close(got, want, atol=CONV_ATOL, rtol=1e-5)
 
