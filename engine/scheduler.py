@@ -73,7 +73,13 @@ class Scheduler:
                 plan.prefill.append((seq, seq.num_computed, n))
                 budget -= n
         after = {id(s): s.num_computed + n for s, _, n in plan.prefill}
-        plan.decode = [s for s in self.running if after.get(id(s), s.num_computed) >= s.prompt_len]
+        # Sequences that arrived together start decoding together when the rest of their prompts fit
+        # in the next step: the first to finish would otherwise meet that step's prefill right after
+        # their first frame, with almost no audio buffered. A sequence waits at most one step.
+        backlog = sum(max(0, s.prompt_len - after.get(id(s), s.num_computed)) for s in self.running)
+        hold = 0 < backlog <= self.prefill_budget
+        plan.decode = [s for s in self.running if s.num_computed >= s.prompt_len
+                       or (not hold and after.get(id(s), s.num_computed) >= s.prompt_len)]
         return plan
 
     def finish(self, seq: Sequence) -> None:
