@@ -28,6 +28,17 @@ def _hash32(x):
 
 
 @triton.jit
+def _bisect(keys, packed, lo, hi, top_k, limit):
+    """One search step over [lo, hi]: the candidate set keys >= mid fits when its count is at most
+    top_k and its mass (the low 48 bits of the packed sum) at most `limit`."""
+    mid = lo + (hi - lo) // 2
+    total = tl.sum(tl.where(keys >= mid, packed, 0), axis=0)
+    ok = ((total >> 48) <= top_k) & ((total & ((1 << 48) - 1)) <= limit)
+    active = lo < hi
+    return tl.where(active & ~ok, mid + 1, lo), tl.where(active & ok, mid, hi)
+
+
+@triton.jit
 def _thresholds(keys, p, top_k, top_p, top_p2, TWO: tl.constexpr, KEY_BITS: tl.constexpr):
     """Smallest key threshold whose prefix respects top_k and top_p (the top token is always kept),
     by binary search; with TWO also the one for top_p2, in the same loop.
@@ -35,7 +46,6 @@ def _thresholds(keys, p, top_k, top_p, top_p2, TWO: tl.constexpr, KEY_BITS: tl.c
     A candidate set's count and probability mass come from one integer sum: each token adds
     2**48 + its probability in units of 2**-40, so the sum is exact and independent of order."""
     packed = tl.where(keys >= 0, (1 << 48) + (p * 1099511627776.0).to(tl.int64), 0)
-    low = (1 << 48) - 1
     limit = (top_p.to(tl.float64) * 1099511627776.0).to(tl.int64)
     limit2 = (top_p2.to(tl.float64) * 1099511627776.0).to(tl.int64)
     lo = tl.zeros((), tl.int64)
@@ -43,19 +53,9 @@ def _thresholds(keys, p, top_k, top_p, top_p2, TWO: tl.constexpr, KEY_BITS: tl.c
     lo2 = lo
     hi2 = hi
     for _ in range(KEY_BITS + 1):
-        mid = lo + (hi - lo) // 2
-        total = tl.sum(tl.where(keys >= mid, packed, 0), axis=0)
-        ok = ((total >> 48) <= top_k) & ((total & low) <= limit)
-        active = lo < hi
-        hi = tl.where(active & ok, mid, hi)
-        lo = tl.where(active & ~ok, mid + 1, lo)
+        lo, hi = _bisect(keys, packed, lo, hi, top_k, limit)
         if TWO:
-            mid2 = lo2 + (hi2 - lo2) // 2
-            total2 = tl.sum(tl.where(keys >= mid2, packed, 0), axis=0)
-            ok2 = ((total2 >> 48) <= top_k) & ((total2 & low) <= limit2)
-            active2 = lo2 < hi2
-            hi2 = tl.where(active2 & ok2, mid2, hi2)
-            lo2 = tl.where(active2 & ~ok2, mid2 + 1, lo2)
+            lo2, hi2 = _bisect(keys, packed, lo2, hi2, top_k, limit2)
     return hi, hi2
 
 
