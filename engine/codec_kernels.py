@@ -43,9 +43,12 @@ def _snake(v, alpha_ptr, ch, ch_mask):
 def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_ptr, y_ptr, part_ptr, count_ptr,
                  rows, T, L, CIN, COUT, x_bstride, ctx_bstride, dilation, TAPS: tl.constexpr, SPLIT: tl.constexpr,
                  SNAKE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_SNAKE: tl.constexpr, TANH: tl.constexpr,
+                 ONE_SOURCE: tl.constexpr, EVEN_CI: tl.constexpr, EVEN_CO: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr):
     """y[b, t] = out_snake?(bias + Σ_j snake?(in[b, t - (TAPS-1-j)·dilation]) @ w[j].T (+ res)) (tanh?),
     where in[b, s] is x[b, s] for s >= 0 and ctx[b, L + s] before it; w [TAPS, COUT, CIN].
+    ONE_SOURCE: x continues its context in one buffer (ctx [B, L + T, CIN], x its last T rows), read
+    with one load per tile. EVEN_CI / EVEN_CO: CIN / COUT are multiples of their blocks (no masks).
     SPLIT > 1 splits the (tap, input block) steps over programs (few rows, large weights): each
     stores its partial sums, and the last to finish a tile adds them in a fixed order."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (batch, time) output rows
@@ -64,15 +67,25 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
         ci = (step % ci_blocks) * BLOCK_CI + tl.arange(0, BLOCK_CI)
         ci_mask = ci < CIN
         src = t - (TAPS - 1 - j) * dilation
-        in_x = (r_mask & (src >= 0))[:, None] & ci_mask[None, :]
-        in_ctx = (r_mask & (src < 0))[:, None] & ci_mask[None, :]
-        v = tl.load(x_ptr + (b * x_bstride + src * CIN)[:, None] + ci[None, :], mask=in_x, other=0.0)
         ctx_rows = b * ctx_bstride + (L + src) * CIN
-        v += tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_ctx, other=0.0)
+        if ONE_SOURCE:
+            if EVEN_CI:
+                v = tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=r_mask[:, None], other=0.0)
+            else:
+                v = tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=r_mask[:, None] & ci_mask[None, :],
+                            other=0.0)
+        else:
+            in_x = (r_mask & (src >= 0))[:, None] & ci_mask[None, :]
+            in_ctx = (r_mask & (src < 0))[:, None] & ci_mask[None, :]
+            v = tl.load(x_ptr + (b * x_bstride + src * CIN)[:, None] + ci[None, :], mask=in_x, other=0.0)
+            v += tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_ctx, other=0.0)
         if SNAKE:
             v = _snake(v, alpha_ptr, ci, ci_mask)
-        w = tl.load(w_ptr + (j * COUT + co)[None, :] * CIN + ci[:, None],  # [BLOCK_CI, BLOCK_CO], CIN-major
-                    mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
+        w_at = w_ptr + (j * COUT + co)[None, :] * CIN + ci[:, None]  # [BLOCK_CI, BLOCK_CO], CIN-major
+        if EVEN_CI and EVEN_CO:
+            w = tl.load(w_at)
+        else:
+            w = tl.load(w_at, mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
         acc = tl.dot(v.to(w.dtype), w, acc, input_precision=PRECISION)
     out = r.to(tl.int64)[:, None] * COUT + co[None, :]
     mask = r_mask[:, None] & co_mask[None, :]
@@ -228,7 +241,8 @@ class FusedDecoder:
         cout = plan.weight.shape[1]
         y = torch.empty(batch, length, cout, dtype=x.dtype, device=x.device)
         x_input = x[:, plan.context:] if plan.snake_first else x
-        _launch_conv(plan, x_input, ctx, alpha, residual, y)
+        _launch_conv(plan, x_input, ctx, alpha, residual, y,
+                     one_source=ctx is x and (plan.snake_first or plan.context == 0))
         if plan.context:
             state = contexts[plan.module]
             if plan.snake_first:  # the context is the conv's (snaked) input: the buffer's last L rows
@@ -264,7 +278,8 @@ def conv_tiles(rows: int, cin: int, cout: int, taps: int) -> tuple[int, int, int
 
 
 def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, residual: Tensor | None,
-                 y: Tensor, split: int | None = None) -> None:
+                 y: Tensor, split: int | None = None, one_source: bool = False) -> None:
+    """one_source: ctx is [B, L + T, C_in] with x as its last T rows (one buffer, one load per tile)."""
     batch, length, cin = x.shape
     cout, rows = y.shape[-1], batch * length
     block_r, block_ci, block_co, tiled_split = conv_tiles(rows, cin, cout, plan.taps)
@@ -277,7 +292,8 @@ def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, r
         out_alpha if out_alpha is not None else plan.bias, residual if residual is not None else y, y, part,
         counters(y.device), rows, length, plan.context, cin, cout, x.stride(0), ctx.stride(0), plan.dilation,
         TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None, RESIDUAL=residual is not None,
-        OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
+        OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, ONE_SOURCE=one_source, EVEN_CI=cin % block_ci == 0,
+        EVEN_CO=cout % block_co == 0, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
         PRECISION="ieee" if INTERPRET else "tf32", num_warps=4, num_stages=1 if INTERPRET else 3)
 
 

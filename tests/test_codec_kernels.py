@@ -56,16 +56,18 @@ def _snaked(snake: Snake1d | None, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("split", [1, 3])
 @pytest.mark.parametrize("kind", ["dilated", "pointwise", "transposed", "last", "dilated+snake",
-                                  "pointwise+snake"])
+                                  "pointwise+snake", "dilated/buffer", "pointwise/buffer", "dilated/buffer64"])
 def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
     """One conv (Snake on its input while loading; '+snake': the next layer's Snake applied to its
-    output before storing) against the torch module."""
+    output before storing; '/buffer': input and context in one buffer, read with one load, '64' with
+    channel counts that fill whole blocks) against the torch module."""
     torch.manual_seed(0)
-    cin, batch, length = 40, 3, 11
     kind, _, then = kind.partition("+")
-    module = {"dilated": CausalConv1d(cin, 24, 7, dilation=3), "pointwise": CausalConv1d(cin, 24, 1),
+    kind, _, layout = kind.partition("/")
+    cin, cout, batch, length = (64, 32, 3, 11) if layout.endswith("64") else (40, 24, 3, 11)
+    module = {"dilated": CausalConv1d(cin, cout, 7, dilation=3), "pointwise": CausalConv1d(cin, cout, 1),
               "transposed": CausalConvTranspose1d(cin, 20, 8, 4), "last": CausalConv1d(cin, 1, 7)}[kind].to(DEVICE)
-    snake, out_snake = Snake1d(cin).to(DEVICE), Snake1d(24).to(DEVICE)
+    snake, out_snake = Snake1d(cin).to(DEVICE), Snake1d(cout).to(DEVICE)
     with torch.no_grad():
         snake.alpha.uniform_(0.5, 2.0)
         out_snake.alpha.uniform_(0.5, 2.0)
@@ -76,7 +78,11 @@ def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
     ctx = torch.randn(batch, max(context, 1) * cin, device=DEVICE)  # pre-Snake inputs before x, [L, C] per row
     residual = torch.randn(batch, length, plan.weight.shape[1], device=DEVICE) if kind == "pointwise" else None
     y = torch.empty(batch, length, plan.weight.shape[1], device=DEVICE)
-    _launch_conv(plan, x, ctx, plan.alpha, residual, y, split=split)
+    if layout:  # [context; x] as one buffer per row, x its last rows
+        buffer = torch.cat([ctx.view(batch, -1, cin)[:, :context], x], 1)
+        _launch_conv(plan, buffer[:, context:], buffer, plan.alpha, residual, y, split=split, one_source=True)
+    else:
+        _launch_conv(plan, x, ctx, plan.alpha, residual, y, split=split)
     # reference: the module on Snake of [context; x], channels first
     full = _snaked(snake, torch.cat([ctx.view(batch, -1, cin)[:, :context], x], 1).transpose(1, 2))
     with torch.no_grad():
