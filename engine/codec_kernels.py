@@ -70,10 +70,10 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
         ctx_rows = b * ctx_bstride + (L + src) * CIN
         if ONE_SOURCE:
             if EVEN_CI:
-                v = tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=r_mask[:, None], other=0.0)
+                in_rows = r_mask[:, None]
             else:
-                v = tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=r_mask[:, None] & ci_mask[None, :],
-                            other=0.0)
+                in_rows = r_mask[:, None] & ci_mask[None, :]
+            v = tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_rows, other=0.0)
         else:
             in_x = (r_mask & (src >= 0))[:, None] & ci_mask[None, :]
             in_ctx = (r_mask & (src < 0))[:, None] & ci_mask[None, :]

@@ -14,8 +14,6 @@ from torch import Tensor
 
 from engine.kernels import LAUNCH, _after_previous
 
-WARPS = 8
-
 
 @triton.jit
 def _hash32(x):
@@ -134,4 +132,5 @@ def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tens
         params.ras, params.seed, recent if slow else out, out, out.stride(0), out_col, draw,
         ignore_last if slow else slots,
         SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
-        SHIFT=16 if logits.dtype == torch.bfloat16 else 0, num_warps=WARPS, **LAUNCH)
+        SHIFT=16 if logits.dtype == torch.bfloat16 else 0,
+        num_warps=8, **LAUNCH)  # H100, slow draw: 41 µs; 4 warps 74, 16 warps 45
