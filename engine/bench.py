@@ -219,7 +219,8 @@ def bench(args: argparse.Namespace) -> list[Row]:
                                          fused_kernels=False if args.unfused or args.compile else None,
                                          prefill_graph_tokens=args.prefill_graph_tokens,
                                          graph_batch_sizes=tuple(sweep),
-                                         overlap_vocoder=not args.no_overlap))
+                                         overlap_vocoder=not args.no_overlap,
+                                         burst_hold_tokens=args.burst_hold_tokens))
     engine.runner.ignore_eos = True
     # First prefill/frames of the process pay one-time setup (per graph bucket, too), and the GPU's
     # clocks ramp up under load.
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prefill-graph-tokens", type=int, default=512,
                    help="prefills up to this many tokens replay a CUDA graph (0: always eager)")
     p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
+    p.add_argument("--burst-hold-tokens", type=int, default=EngineConfig.burst_hold_tokens,
+                   help="a burst whose remaining prompts fit in this many tokens starts decoding together")
     p.add_argument("--breakdown", action="store_true", help="also time prefill/frame/vocoder per round")
     p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")

@@ -87,7 +87,7 @@ class Engine:
                                                              loaded.config.text.max_seq_len),
                                   fused=False if cfg.compile else cfg.fused_kernels)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
-        self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget)
+        self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget, cfg.burst_hold_tokens)
         self.graphs = None
         if cfg.cuda_graphs and loaded.device.type == "cuda":
             from engine.cuda_graphs import FrameGraphs

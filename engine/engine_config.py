@@ -18,6 +18,9 @@ class EngineConfig:
     cpu_kv_mb: int = 1024
     max_batch: int = 32  # sequences decoded together in one frame
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
+    # New sequences whose prompts are done wait (at most this many tokens' worth of prefill steps)
+    # while the rest of the admitted prompts fit in this many tokens, then start decoding together.
+    burst_hold_tokens: int = 16384
     cuda_graphs: bool = True
     # The fused Triton path (fused_stack.py; on CUDA also the codec decoder's); None = on CUDA, off on CPU.
     fused_kernels: bool | None = None
@@ -34,6 +37,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:
             raise ValueError("block_size, max_batch and prefill_budget must be positive")
+        if self.burst_hold_tokens < 0:
+            raise ValueError("burst_hold_tokens must be >= 0 (0: every sequence starts when its prompt is done)")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError("num_blocks must be positive")
         if not 0.05 <= self.gpu_memory_fraction <= 0.98:

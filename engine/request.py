@@ -72,6 +72,8 @@ class Sequence:
     alloc: object | None = None  # kv_cache.Allocation
     inflight: int = 0  # frames launched on the device whose output has not been read yet
     started: bool = False  # its sampling state is loaded (first frame launched)
+    decoding: bool = False  # the scheduler has put it in a decode step
+    held: int = 0  # steps it waited, prompt done, for the rest of its burst (Scheduler.schedule)
 
     @property
     def prompt_len(self) -> int:

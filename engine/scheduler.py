@@ -24,10 +24,13 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int) -> None:
+    def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int, hold_tokens: int | None = None) -> None:
         self.blocks = blocks
         self.max_batch = max_batch
         self.prefill_budget = prefill_budget
+        # A burst whose remaining prompts fit in this many tokens starts decoding together (see schedule).
+        self.hold_tokens = prefill_budget if hold_tokens is None else hold_tokens
+        self.max_hold_steps = -(-self.hold_tokens // prefill_budget)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots = list(range(max_batch - 1, -1, -1))
@@ -73,13 +76,20 @@ class Scheduler:
                 plan.prefill.append((seq, seq.num_computed, n))
                 budget -= n
         after = {id(s): s.num_computed + n for s, _, n in plan.prefill}
-        # Sequences that arrived together start decoding together when the rest of their prompts fit
-        # in the next step: the first to finish would otherwise meet that step's prefill right after
-        # their first frame, with almost no audio buffered. A sequence waits at most one step.
+        # A burst is prefilled at full speed and starts decoding together: a new sequence whose prompt
+        # is done waits while the rest of the admitted prompts fit in hold_tokens. Otherwise the first
+        # to finish would carry every later prefill step in its frame times, with little audio
+        # buffered. Each waits at most max_hold_steps steps; a text's later chunks never wait.
         backlog = sum(max(0, s.prompt_len - after.get(id(s), s.num_computed)) for s in self.running)
-        hold = 0 < backlog <= self.prefill_budget
-        plan.decode = [s for s in self.running if s.num_computed >= s.prompt_len
-                       or (not hold and after.get(id(s), s.num_computed) >= s.prompt_len)]
+        hold = 0 < backlog <= self.hold_tokens
+        for s in self.running:
+            if after.get(id(s), s.num_computed) < s.prompt_len:
+                continue
+            if not s.decoding and hold and s.frame_offset == 0 and s.held < self.max_hold_steps:
+                s.held += 1
+                continue
+            s.decoding = True
+            plan.decode.append(s)
         return plan
 
     def finish(self, seq: Sequence) -> None:
