@@ -184,20 +184,27 @@ class ModelRunner:
 
     def _prefill_eager(self, items: list[tuple[Sequence, int, int]]) -> Tensor:
         cols, positions, slots = self._prompt_rows(items)
-        segments = [PrefillSegment(start, n, torch.tensor(seq.alloc.block_table, dtype=torch.long,
-                                                          device=self.device)) for seq, start, n in items]
         grid = torch.tensor(cols, dtype=torch.long, device=self.device).T  # [11, N]
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
+        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
+        if self.fused:  # one paged-attention launch per layer for all sequences
+            from engine.triton_attention import paged_prefill_triton, prefill_tiles
+            tiles, block_m = prefill_tiles([(start, n) for _, start, n in items], self.model.cfg.text.n_head
+                                           // self.model.cfg.text.n_local_heads)
+            width = max(len(seq.alloc.block_table) for seq, _, _ in items)
+            tables = self.block_table_tensor([seq.alloc.block_table for seq, _, _ in items], width, self.device)
+            tiles_t = torch.tensor(tiles, dtype=torch.long, device=self.device)
+            return self.slow_stack.forward(
+                self.model.embed(grid), pos, slot_mapping, self.k_pools, self.v_pools,
+                lambda layer, q: paged_prefill_triton(q, self.k_pools[layer], self.v_pools[layer], tables,
+                                                      tiles_t, block_m))
+        segments = [PrefillSegment(start, n, torch.tensor(seq.alloc.block_table, dtype=torch.long,
+                                                          device=self.device)) for seq, start, n in items]
 
         def attend(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             write_kv(self.k_pools[layer], self.v_pools[layer], slot_mapping, k, v)
             return prefill_attention(q, self.k_pools[layer], self.v_pools[layer], segments)
 
-        pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        if self.fused:
-            return self.slow_stack.forward(
-                self.model.embed(grid), pos, slot_mapping, self.k_pools, self.v_pools,
-                lambda layer, q: prefill_attention(q, self.k_pools[layer], self.v_pools[layer], segments))
         return self.model.slow_forward(self.model.embed(grid), pos, attend)
 
     def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int,

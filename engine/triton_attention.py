@@ -1,10 +1,18 @@
-"""Paged decode attention on CUDA (Triton): one query token per sequence, GQA, split over the context.
+"""Paged attention on CUDA (Triton): decode (one query token per sequence) and prefill (packed runs of
+new tokens of several sequences, causal over each one's cached prefix and itself), GQA.
+
+Decode:
 
 Grid: (batch, kv_head, split). Each program walks its share of the sequence's blocks for all query heads
 that read its kv head, keeping an online softmax; a second small kernel merges the splits by their
 log-sum-exp. With one split the first kernel writes the result itself (the fast AR's 10-position cache).
 The loop bound comes from context_lens at run time, so the kernels are CUDA-graph safe with fixed-width
 block tables. Tested against attention.paged_decode_reference (tests/test_kernels.py, tests/test_cuda.py).
+
+Prefill: grid (query tile, kv_head). A tile is up to BLOCK_M consecutive new tokens of one sequence;
+its rows are (token, query head of the kv head) pairs, so each K/V block is loaded once for the whole
+group. One launch per layer replaces a loop of gathers and attention calls per sequence. Tested
+against attention.prefill_attention.
 """
 from __future__ import annotations
 
@@ -112,4 +120,80 @@ def paged_decode_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables:
     if num_splits > 1:
         _merge_splits_kernel[(batch, heads)](part, lse, out, heads, NUM_SPLITS=num_splits, HEAD_DIM=dim,
                                              num_warps=1, **LAUNCH)
+    return out
+
+
+@triton.jit
+def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, tiles_ptr, out_ptr, scale, stride_tb, num_kv_heads,
+                          GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                          BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+                          PDL: tl.constexpr):
+    _after_previous(PDL)
+    tile = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    seq = tl.load(tiles_ptr + tile * 4)  # row of the block tables
+    row0 = tl.load(tiles_ptr + tile * 4 + 1)  # first packed row of q / out
+    num_rows = tl.load(tiles_ptr + tile * 4 + 2)
+    pos0 = tl.load(tiles_ptr + tile * 4 + 3)  # position of that row in its sequence
+
+    r = tl.arange(0, BLOCK_M * GROUPS_PAD)
+    tok = r // GROUPS_PAD
+    g = r % GROUPS_PAD
+    valid = (tok < num_rows) & (g < GROUPS)
+    q_pos = pos0 + tok
+    d = tl.arange(0, HEAD_DIM)
+    t = tl.arange(0, BLOCK)
+    rows = (row0 + tok) * (num_kv_heads * GROUPS) + kvh * GROUPS + g
+    q = tl.load(q_ptr + rows[:, None] * HEAD_DIM + d[None, :], mask=valid[:, None], other=0.0)
+    m = tl.full((BLOCK_M * GROUPS_PAD,), float("-inf"), tl.float32)
+    s = tl.zeros((BLOCK_M * GROUPS_PAD,), tl.float32)
+    acc = tl.zeros((BLOCK_M * GROUPS_PAD, HEAD_DIM), tl.float32)
+    # Every row sees key 0, so no row's running max stays -inf.
+    for i in range(0, tl.cdiv(pos0 + num_rows, BLOCK)):
+        block = tl.load(tables_ptr + seq * stride_tb + i)
+        kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
+        k = tl.load(k_ptr + kv_off)
+        v = tl.load(v_ptr + kv_off)
+        logits = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)
+        logits = tl.where((i * BLOCK + t)[None, :] <= q_pos[:, None], logits, float("-inf"))
+        m_new = tl.maximum(m, tl.max(logits, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(logits - m_new[:, None])
+        s = s * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m = m_new
+    tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], (acc / s[:, None]).to(out_ptr.dtype.element_ty),
+             mask=valid[:, None])
+
+
+PREFILL_ROWS = 128  # query rows (token x head of a kv head) per program
+
+
+def prefill_tiles(runs: list[tuple[int, int]], groups: int) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Tiles for runs of new tokens [(start position, count)] packed in this order, and BLOCK_M:
+    (run index, first packed row, rows, first position) per tile."""
+    block_m = max(1, PREFILL_ROWS // triton.next_power_of_2(groups))
+    tiles, row = [], 0
+    for i, (start, count) in enumerate(runs):
+        for j in range(0, count, block_m):
+            tiles.append((i, row + j, min(block_m, count - j), start + j))
+        row += count
+    return tiles, block_m
+
+
+def paged_prefill_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor, tiles: Tensor,
+                         block_m: int) -> Tensor:
+    """Packed q [N, H, D] of several sequences' new tokens -> [N, H, D], each run of tokens attending
+    causally to its sequence's cached prefix and itself (whose k/v are already in the pools).
+    block_tables [runs, W]; tiles [T, 4] int64 from prefill_tiles."""
+    _, heads, dim = q.shape
+    _, block, kv_heads, _ = k_pool.shape
+    groups = heads // kv_heads
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    if tiles.shape[0]:
+        _paged_prefill_kernel[(tiles.shape[0], kv_heads)](
+            q, k_pool, v_pool, block_tables, tiles, out, dim ** -0.5, block_tables.stride(0), kv_heads,
+            GROUPS=groups, GROUPS_PAD=triton.next_power_of_2(groups), HEAD_DIM=dim, BLOCK=block, BLOCK_M=block_m,
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=8, **LAUNCH)
     return out
