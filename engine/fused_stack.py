@@ -3,7 +3,8 @@
 Per layer: add+norm, qkv matmul, q/k-norm+RoPE+KV store, attention, wo matmul, add+norm, [w1; w3]
 matmul, SwiGLU, w2 matmul: ~10 kernels where the module-by-module path launches ~45. The residual add
 of each sublayer is folded into the next norm. Weights are the model's own tensors: w1 and w3 are
-re-pointed into one concatenated matrix (views, no extra memory), so the checkpoint layout is unchanged.
+re-pointed into one matrix with their rows interleaved (views, no extra memory), so the checkpoint layout
+is unchanged.
 """
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ class _Layer:
 
 
 def fuse_gate_up(block: nn.Module) -> Tensor:
-    """Re-point w1/w3 of a FeedForward into one [2F, dim] tensor and return it."""
+    """Re-point w1/w3 of a FeedForward into one [2F, dim] tensor whose rows alternate w1, w3 (row 2i is
+    w1's row i, row 2i+1 is w3's) and return it: each tile of it holds matching gate and up rows, so
+    the projection's epilogue applies the SwiGLU gate. w1/w3 become strided views (no extra memory)."""
     ff = block.feed_forward
     w1, w3 = ff.w1.weight, ff.w3.weight
+    hidden, dim = w1.shape
     same = w1.data.untyped_storage().data_ptr() == w3.data.untyped_storage().data_ptr()
-    if same and w1.is_contiguous() and w3.storage_offset() == w1.storage_offset() + w1.numel():
-        return w1.data.as_strided((w1.shape[0] * 2, w1.shape[1]), w1.stride())  # already fused
-    w13 = torch.cat([w1.data, w3.data])
-    w1.data, w3.data = w13[:w1.shape[0]], w13[w1.shape[0]:]
+    if same and w1.stride() == (2 * dim, 1) and w3.storage_offset() == w1.storage_offset() + dim:
+        return w1.data.as_strided((2 * hidden, dim), (dim, 1))  # already fused
+    w13 = torch.stack([w1.data, w3.data], dim=1).reshape(2 * hidden, dim)
+    w1.data, w3.data = w13[0::2], w13[1::2]
     return w13
 
 
@@ -75,5 +79,5 @@ class FusedStack:
                 return None
             delta = kernels.linear(attend(i, q).flatten(1), layer.wo)
             h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
-            delta = kernels.linear(kernels.silu_mul(kernels.linear(n, layer.w13)), layer.w2)
+            delta = kernels.linear(kernels.linear(n, layer.w13, swiglu=True), layer.w2)
         return kernels.add_rmsnorm(h, delta, self.final_norm, eps)[1]

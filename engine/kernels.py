@@ -6,10 +6,11 @@ instead of ~45: at decode batch sizes the time goes to kernel count, not arithme
 
     add_rmsnorm    h = x + delta (stored), out = RMSNorm(h) * weight
     qk_rope_write  q/k RMSNorm (slow AR), interleaved RoPE, q out, k/v stored at pool slots
-    silu_mul       SwiGLU gate on the fused [w1; w3] projection
+    silu_mul       SwiGLU gate on the fused w1|w3 projection (rows interleaved in pairs)
     frame_embed    the slow AR's input for a decode frame from (slow column, 10 codes)
     snake          the codec's Snake activation in one pass (five elementwise kernels in torch)
-    linear         projections of 1 row (GEMV) and 2-32 rows (tensor cores), faster than cuBLAS there
+    linear         projections of 1 row (GEMV) and 2-32 rows (tensor cores), faster than cuBLAS there;
+                   the w1|w3 one with the SwiGLU gate in its epilogue
 
 The sampling kernel lives in sampling_kernel.py.
 
@@ -138,20 +139,28 @@ def qk_rope_write(qkv: Tensor, q_norm: Tensor | None, k_norm: Tensor | None, eps
 
 
 @triton.jit
+def _silu_times(g, u, dt: tl.constexpr):
+    """silu(g) * u with the module path's rounding: g and u in dt, silu rounded to dt, product in dt."""
+    g = g.to(dt).to(tl.float32)
+    gate = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    return (gate * u.to(dt).to(tl.float32)).to(dt)
+
+
+@triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, hidden, BLOCK: tl.constexpr, PDL: tl.constexpr):
     _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < hidden
-    g = tl.load(gu_ptr + row * 2 * hidden + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(gu_ptr + row * 2 * hidden + hidden + cols, mask=mask, other=0.0).to(tl.float32)
-    dt = out_ptr.dtype.element_ty
-    gate = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
-    tl.store(out_ptr + row * hidden + cols, (gate * u).to(dt), mask=mask)
+    two = tl.arange(0, 2)
+    gu = tl.load(gu_ptr + row * 2 * hidden + (2 * cols)[:, None] + two[None, :], mask=mask[:, None], other=0.0)
+    g, u = tl.split(gu)  # one contiguous [BLOCK, 2] load (two strided loads were 1.8 µs slower a call)
+    tl.store(out_ptr + row * hidden + cols, _silu_times(g, u, out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_mul(gu: Tensor) -> Tensor:
-    """gu [N, 2F] = [w1 x | w3 x] -> silu(w1 x) * w3 x [N, F]."""
+    """gu [N, 2F] with (w1 x, w3 x) interleaved per column pair (fused_stack.fuse_gate_up) ->
+    silu(w1 x) * w3 x [N, F]."""
     n, two_f = gu.shape
     hidden = two_f // 2
     out = torch.empty((n, hidden), dtype=gu.dtype, device=gu.device)
@@ -248,7 +257,8 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
 # bandwidth. Each program owns BLOCK_N rows of W and walks K; larger batches use cuBLAS.
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIGLU: tl.constexpr,
+                 PDL: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     k = tl.arange(0, BLOCK_K)
@@ -260,7 +270,13 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
         x = tl.load(x_ptr + k0 + k)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    tl.store(y_ptr + n, tl.sum(acc, axis=1).to(y_ptr.dtype.element_ty), mask=n_mask)
+    y = tl.sum(acc, axis=1)
+    if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
+        g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+        o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(y_ptr + o, _silu_times(g, u, y_ptr.dtype.element_ty), mask=o < N // 2)
+    else:
+        tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
 def gemv_tiles(n: int, k: int) -> tuple[int, int, int, int] | None:
@@ -275,19 +291,20 @@ def gemv_tiles(n: int, k: int) -> tuple[int, int, int, int] | None:
     return (4, 512, 4, 3) if n >= 4096 else (2, 512, 4, 3)
 
 
-def gemv(x: Tensor, w: Tensor, tiles: tuple[int, int, int, int] | None = None) -> Tensor:
-    """x [1, K] @ w[N, K].T -> [1, N] (K a multiple of BLOCK_K)."""
+def gemv(x: Tensor, w: Tensor, tiles: tuple[int, int, int, int] | None = None, swiglu: bool = False) -> Tensor:
+    """x [1, K] @ w[N, K].T -> [1, N] (K a multiple of BLOCK_K); with `swiglu` the gated [1, N/2]."""
     n, k = w.shape
     block_n, block_k, warps, stages = tiles or gemv_tiles(n, k)
-    y = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-                                             num_stages=stages, **LAUNCH)
+    y = torch.empty((1, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, BLOCK_N=block_n, BLOCK_K=block_k, SWIGLU=swiglu,
+                                             num_warps=warps, num_stages=stages, **LAUNCH)
     return y
 
 
 @triton.jit
 def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PEEL: tl.constexpr, PDL: tl.constexpr):
+                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PEEL: tl.constexpr, SWIGLU: tl.constexpr,
+                      PDL: tl.constexpr):
     """A few rows (M <= BLOCK_M, padded) on tensor cores, each weight tile loaded once for all rows.
     PEEL: the first two weight tiles are loaded before waiting for the previous kernel (K >= 2 tiles)."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -313,39 +330,58 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
         x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
-    tl.store(y_ptr + m[:, None] * N + n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & n_mask[None, :])
+    if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
+        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
+        o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(y_ptr + m[:, None] * (N // 2) + o[None, :], _silu_times(g, u, y_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & (o < N // 2)[None, :])
+    else:
+        tl.store(y_ptr + m[:, None] * N + n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & n_mask[None, :])
 
 
 GEMM_ROWS = 32  # batches of 2..32 rows take _gemm_rows_kernel (H100: 4-18 % faster than cuBLAS at 8 and 32)
 
 
-def gemm_rows(x: Tensor, w: Tensor) -> Tensor | None:
-    """x [M, K] @ w[N, K].T for 2 <= M <= GEMM_ROWS (padded to 16 or 32); None when K does not tile."""
+def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
+    """x [M, K] @ w[N, K].T for 2 <= M <= GEMM_ROWS (padded to 16 or 32); None when K does not tile.
+    With `swiglu` the gated [M, N/2] (rows of w are (w1, w3) pairs)."""
     rows, k = x.shape
     n = w.shape[0]
-    block_n, block_k = (64, 128) if n >= 6000 else (32, 256)
+    block_n, block_k, peel, stages = gemm_rows_tiles(rows, n, k, x.element_size())
     if k % block_k:
         return None
-    # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
-    # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
-    peel = n >= 10000 and k >= 2 * block_k
-    stages = 2 if x.element_size() == 4 else 4 if peel else 5  # float32 tiles: shared memory
-    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((rows, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
     _gemm_rows_kernel[(triton.cdiv(n, block_n),)](
         x, w, y, rows, n, k, BLOCK_M=16 if rows <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel, num_warps=4,
-        num_stages=stages, **LAUNCH)
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel and k >= 2 * block_k, SWIGLU=swiglu,
+        num_warps=4, num_stages=stages, **LAUNCH)
     return y
 
 
-def linear(x: Tensor, w: Tensor) -> Tensor:
-    """F.linear without bias; one row takes the matrix-vector kernel, up to GEMM_ROWS the few-row one."""
+def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, bool, int]:
+    """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight."""
+    block_n, block_k = (64, 128) if n >= 6000 else (32, 256)
+    # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
+    # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
+    peel = n >= 10000
+    stages = 2 if elem == 4 else 4 if peel else 5  # float32 tiles: shared memory
+    return block_n, block_k, peel, stages
+
+
+def linear(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor:
+    """F.linear without bias; one row takes the matrix-vector kernel, up to GEMM_ROWS the few-row one.
+    With `swiglu`, w holds (w1, w3) row pairs and the result is silu(x w1.T) * x w3.T, gated in the
+    kernels' epilogue (same rounding as silu_mul after the plain product)."""
     if x.is_contiguous() and w.is_contiguous():
         if x.shape[0] == 1 and gemv_tiles(*w.shape) is not None:
-            return gemv(x, w)
+            return gemv(x, w, swiglu=swiglu)
         if 2 <= x.shape[0] <= GEMM_ROWS:
-            y = gemm_rows(x, w)
+            # Gated in the epilogue from 17 rows (H100 frame at 32 rows 8.48 -> 8.37 ms); up to 16 rows
+            # (BLOCK_M 16) that kernel streamed slower (8 rows 7.38 -> 7.73 ms), so the gate runs after.
+            gate_after = swiglu and x.shape[0] <= 16
+            y = gemm_rows(x, w, swiglu and not gate_after)
             if y is not None:
-                return y
-    return torch.nn.functional.linear(x, w)
+                return silu_mul(y) if gate_after else y
+    y = torch.nn.functional.linear(x, w)
+    return silu_mul(y) if swiglu else y

@@ -82,8 +82,9 @@ def test_qk_rope_write_matches_attention_path(dtype, qk_norm) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_mul_matches_feed_forward_gate(dtype) -> None:
+    """The gate on (w1 x, w3 x) column pairs, the fused w1|w3 layout."""
     gu = torch.randn(3, 2 * 1500, generator=torch.Generator().manual_seed(3)).to(DEV, dtype)
-    want = F.silu(gu[:, :1500]) * gu[:, 1500:]
+    want = F.silu(gu[:, 0::2]) * gu[:, 1::2]
     torch.testing.assert_close(kernels.silu_mul(gu), want, **tol(dtype))
 
 
@@ -265,6 +266,42 @@ def test_gemv_matches_linear(dtype, n, k) -> None:
     x2 = torch.randn(1, 1000, generator=g).to(DEV, dtype)
     w2 = torch.randn(n, 1000, generator=g).to(DEV, dtype)
     assert torch.equal(kernels.linear(x2, w2), F.linear(x2, w2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 8, 32, 40])
+@pytest.mark.parametrize("n,k", [(300, 1024), (10050, 512)])
+def test_swiglu_epilogue_equals_gate_after_product(dtype, rows, n, k) -> None:
+    """The projection with the SwiGLU gate in its epilogue (one row, few rows, and the cuBLAS fallback
+    beyond 32) equals the plain product followed by silu_mul, bit for bit, and the module's
+    silu(w1 x) * w3 x on the interleaved weight's halves."""
+    g = torch.Generator().manual_seed(rows + n)
+    x = torch.randn(rows, k, generator=g).to(DEV, dtype)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
+    got = kernels.linear(x, w, swiglu=True)
+    assert got.shape == (rows, n // 2)
+    assert torch.equal(got, kernels.silu_mul(kernels.linear(x, w)))
+    want = F.silu(F.linear(x, w[0::2])) * F.linear(x, w[1::2])
+    torch.testing.assert_close(got.float(), want.float(),
+                               **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
+
+
+def test_fuse_gate_up_interleaves_rows_in_place() -> None:
+    """w1/w3 become views into one matrix of alternating rows; fusing again returns the same matrix."""
+    from engine.fused_stack import fuse_gate_up
+    from engine.models.layers import FeedForward
+    block = torch.nn.Module()
+    block.feed_forward = FeedForward(16, 24)
+    w1, w3 = block.feed_forward.w1.weight.detach().clone(), block.feed_forward.w3.weight.detach().clone()
+    w13 = fuse_gate_up(block)
+    assert w13.shape == (48, 16) and w13.is_contiguous()
+    assert torch.equal(w13[0::2], w1) and torch.equal(w13[1::2], w3)
+    assert block.feed_forward.w1.weight.data_ptr() == w13.data_ptr()
+    again = fuse_gate_up(block)
+    assert again.data_ptr() == w13.data_ptr() and torch.equal(again, w13)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(block.feed_forward(x), F.linear(F.silu(x @ w1.T) * (x @ w3.T),
+                                                               block.feed_forward.w2.weight))
 
 
 def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
