@@ -27,6 +27,27 @@ NUM_SPLITS = 8
 
 
 @triton.jit
+def _attend_block(q, k_ptr, v_ptr, block, kvh, num_kv_heads, visible, m, s, acc, scale,
+                  HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+    """One pool block of keys/values into a running softmax (m, s, acc) of the query rows q;
+    `visible` says which (row, key) pairs count. bf16 operands with fp32 accumulation."""
+    t = tl.arange(0, BLOCK)
+    d = tl.arange(0, HEAD_DIM)
+    kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
+    k = tl.load(k_ptr + kv_off)  # [BLOCK, D]
+    v = tl.load(v_ptr + kv_off)
+    # Cast after scaling: under torch.compile a Python float arrives as fp64.
+    logits = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)  # [rows, BLOCK]
+    logits = tl.where(visible, logits, float("-inf"))
+    m_new = tl.maximum(m, tl.max(logits, axis=1))
+    alpha = tl.exp(m - m_new)
+    p = tl.exp(logits - m_new[:, None])
+    s = s * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, s, acc
+
+
+@triton.jit
 def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse_ptr, scale,
                          stride_tb, num_kv_heads,
                          GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -54,19 +75,8 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
     acc = tl.zeros((GROUPS_PAD, HEAD_DIM), tl.float32)
     for i in range(first, last):
         block = tl.load(tables_ptr + b * stride_tb + i)
-        pos = i * BLOCK + t
-        kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
-        k = tl.load(k_ptr + kv_off)  # [BLOCK, D], bf16 operands with fp32 accumulation
-        v = tl.load(v_ptr + kv_off)
-        # Cast after scaling: under torch.compile a Python float arrives as fp64.
-        logits = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)  # [G, BLOCK]
-        logits = tl.where((pos < length)[None, :], logits, float("-inf"))
-        m_new = tl.maximum(m, tl.max(logits, axis=1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(logits - m_new[:, None])
-        s = s * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        m, s, acc = _attend_block(q, k_ptr, v_ptr, block, kvh, num_kv_heads, (i * BLOCK + t < length)[None, :],
+                                  m, s, acc, scale, HEAD_DIM, BLOCK, PRECISION)
     if NUM_SPLITS == 1:
         out_off = b * num_kv_heads * GROUPS + heads
         result = (acc / s[:, None]).to(out_ptr.dtype.element_ty)
@@ -151,17 +161,9 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, tiles_ptr, out_ptr, s
     # Every row sees key 0, so no row's running max stays -inf.
     for i in range(0, tl.cdiv(pos0 + num_rows, BLOCK)):
         block = tl.load(tables_ptr + seq * stride_tb + i)
-        kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
-        k = tl.load(k_ptr + kv_off)
-        v = tl.load(v_ptr + kv_off)
-        logits = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)
-        logits = tl.where((i * BLOCK + t)[None, :] <= q_pos[:, None], logits, float("-inf"))
-        m_new = tl.maximum(m, tl.max(logits, axis=1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(logits - m_new[:, None])
-        s = s * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        m, s, acc = _attend_block(q, k_ptr, v_ptr, block, kvh, num_kv_heads,
+                                  (i * BLOCK + t)[None, :] <= q_pos[:, None], m, s, acc, scale, HEAD_DIM, BLOCK,
+                                  PRECISION)
     tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], (acc / s[:, None]).to(out_ptr.dtype.element_ty),
              mask=valid[:, None])
 
