@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the module-path frame before capture (implies --unfused)")
     p.add_argument("--unfused", action="store_true", help="the module path instead of the fused kernels")
-    p.add_argument("--prefill-graph-tokens", type=int, default=512,
+    p.add_argument("--prefill-graph-tokens", type=int, default=EngineConfig.prefill_graph_tokens,
                    help="prefills up to this many tokens replay a CUDA graph (0: always eager)")
     p.add_argument("--no-vocoder", action="store_true", help="codes only: the AR frame without audio")
     p.add_argument("--burst-hold-tokens", type=int, default=EngineConfig.burst_hold_tokens,

@@ -25,7 +25,7 @@ class EngineConfig:
     # The fused Triton path (fused_stack.py; on CUDA also the codec decoder's); None = on CUDA, off on CPU.
     fused_kernels: bool | None = None
     # Prefills of up to this many tokens replay a CUDA graph (fused path; 0 = always eager).
-    prefill_graph_tokens: int = 512
+    prefill_graph_tokens: int = 2048
     compile: bool = False  # torch.compile the module-path frame before capturing it (no fused kernels)
     graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
     max_reference_seconds: float = 30.0

@@ -1,10 +1,11 @@
-"""CUDA graphs of short prefills (one per token-count bucket), so a prompt that is mostly a cached
-voice prefix, or a single short prompt, costs a graph replay instead of ~15 launches per layer.
+"""CUDA graphs of prefills (one per token-count bucket), so a prefill step costs a graph replay
+instead of ~10 launches per layer (eagerly, their host time bounds a step of a few hundred tokens).
 
-Each token attends through the paged decode kernel over its own sequence's blocks up to itself
-(ModelRunner.prefill_paged), so a bucket's graph serves any mix of sequences, starts and lengths:
-only the static input tensors change. Padding rows write to the scratch block and are never read.
-Longer prefills (chunks up to the prefill budget) run eagerly with fused causal attention.
+Attention runs through the paged prefill kernel over tiles of each sequence's new tokens
+(ModelRunner.prefill_paged), with block tables and tiles padded to the most a bucket can need, so a
+bucket's graph serves any mix of sequences, starts and lengths: only the static input tensors
+change. Padding rows write to the scratch block and are never read. Steps beyond the largest bucket
+run eagerly through the same kernels.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class PrefillGraphs:
                  time.perf_counter() - start)
 
     def _capture(self, tokens: int) -> tuple[torch.cuda.CUDAGraph, PrefillInputs, torch.Tensor]:
-        static = self.runner.prefill_inputs([], tokens)  # all padding: warm-up writes only scratch
+        static = self.runner.prefill_inputs([], tokens, fixed=True)  # all padding: warm-up writes only scratch
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -50,7 +51,7 @@ class PrefillGraphs:
         total = sum(n for _, _, n in items)
         bucket = next(b for b in self.buckets if b >= total)
         graph, static, out = self.graphs[bucket]
-        host = self.runner.prefill_inputs(items, bucket, torch.device("cpu"))
+        host = self.runner.prefill_inputs(items, bucket, torch.device("cpu"), fixed=True)
         for name in PrefillInputs.__dataclass_fields__:
             getattr(static, name).copy_(getattr(host, name), non_blocking=True)
         graph.replay()

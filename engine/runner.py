@@ -58,14 +58,15 @@ class FrameInputs:
 
 @dataclass
 class PrefillInputs:
-    """Static inputs of a prefill whose attention runs per token through the paged decode kernel
-    (each prompt token is a query over its own sequence's blocks up to itself): graph-capturable."""
+    """Static inputs of a fused prefill: packed prompt tokens of several sequences, whose attention runs
+    through the paged prefill kernel in query tiles (triton_attention.prefill_tiles). With fixed
+    sizes (padding tokens, runs and tiles) it is graph-capturable."""
 
     grid: Tensor  # [11, N] prompt columns (padding: token 0)
     positions: Tensor  # [N]
     slot_mapping: Tensor  # [N] flat pool slot of each token's KV (padding: the scratch block)
-    block_tables: Tensor  # [N, max_blocks_per_seq] each token's sequence table
-    context_lens: Tensor  # [N] position + 1
+    block_tables: Tensor  # [R, max_blocks_per_seq] the table of each run (padding: the scratch block)
+    tiles: Tensor  # [T, 4] (run, first row, rows, first position); unused tiles have 0 rows
 
 
 class ModelRunner:
@@ -183,21 +184,12 @@ class ModelRunner:
         return cols, positions, slots
 
     def _prefill_eager(self, items: list[tuple[Sequence, int, int]]) -> Tensor:
+        if self.fused:  # one paged-attention launch per layer for all sequences
+            return self.prefill_paged(self.prefill_inputs(items, sum(n for _, _, n in items)))
         cols, positions, slots = self._prompt_rows(items)
         grid = torch.tensor(cols, dtype=torch.long, device=self.device).T  # [11, N]
         slot_mapping = torch.tensor(slots, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        if self.fused:  # one paged-attention launch per layer for all sequences
-            from engine.triton_attention import paged_prefill_triton, prefill_tiles
-            tiles, block_m = prefill_tiles([(start, n) for _, start, n in items], self.model.cfg.text.n_head
-                                           // self.model.cfg.text.n_local_heads)
-            width = max(len(seq.alloc.block_table) for seq, _, _ in items)
-            tables = self.block_table_tensor([seq.alloc.block_table for seq, _, _ in items], width, self.device)
-            tiles_t = torch.tensor(tiles, dtype=torch.long, device=self.device)
-            return self.slow_stack.forward(
-                self.model.embed(grid), pos, slot_mapping, self.k_pools, self.v_pools,
-                lambda layer, q: paged_prefill_triton(q, self.k_pools[layer], self.v_pools[layer], tables,
-                                                      tiles_t, block_m))
         segments = [PrefillSegment(start, n, torch.tensor(seq.alloc.block_table, dtype=torch.long,
                                                           device=self.device)) for seq, start, n in items]
 
@@ -207,30 +199,49 @@ class ModelRunner:
 
         return self.model.slow_forward(self.model.embed(grid), pos, attend)
 
-    def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int,
-                       device: torch.device | None = None) -> PrefillInputs:
-        """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows."""
+    def prefill_tile_rows(self) -> int:
+        """Tokens per query tile of the paged prefill kernel for this model's query heads per kv head."""
+        from engine.triton_attention import prefill_tiles
+        t = self.model.cfg.text
+        return prefill_tiles([], t.n_head // t.n_local_heads)[1]
+
+    def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int, device: torch.device | None = None,
+                       fixed: bool = False) -> PrefillInputs:
+        """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows. Padding
+        tokens form one more run over the scratch block, each tile at positions from 0 (finite rows
+        that only ever read and write the scratch block). `fixed`: block tables and tiles padded to
+        the most any `pad_to`-token step can need (graph capture and replay)."""
+        from engine.triton_attention import prefill_tiles
         cols, positions, slots = self._prompt_rows(items)
-        width = self.cfg.max_blocks_per_seq
-        tables = [self.block_table_tensor([seq.alloc.block_table], width, torch.device("cpu")).expand(n, -1)
-                  for seq, _, n in items]
         pad = pad_to - len(cols)
         cols.extend([(0,) * (self.model.cfg.num_codebooks + 1)] * pad)
-        tables.append(torch.full((pad, width), self.scratch_block, dtype=torch.long))
-        pos = torch.tensor(positions + [0] * pad, dtype=torch.long)
+        t = self.model.cfg.text
+        runs = [(start, n) for _, start, n in items]
+        tiles, block_m = prefill_tiles(runs, t.n_head // t.n_local_heads)
+        for j in range(0, pad, block_m):
+            tiles.append((len(runs), len(slots) + j, min(block_m, pad - j), 0))
+        tables = [seq.alloc.block_table for seq, _, _ in items] + [[]]
+        if fixed:
+            num_runs = self.cfg.max_batch + 1
+            tiles += [(0, 0, 0, 0)] * (-(-pad_to // block_m) + num_runs - len(tiles))
+            tables += [[]] * (num_runs - len(tables))
         scratch = self.scratch_block * self.cfg.block_size
-        inp = PrefillInputs(torch.tensor(cols, dtype=torch.long).T.contiguous(), pos,
-                            torch.tensor(slots + [scratch] * pad, dtype=torch.long), torch.cat(tables), pos + 1)
         device = device or self.device
-        return PrefillInputs(*(getattr(inp, f).to(device) for f in PrefillInputs.__dataclass_fields__))
+        return PrefillInputs(torch.tensor(cols, dtype=torch.long).T.contiguous().to(device),
+                             torch.tensor(positions + [0] * pad, dtype=torch.long).to(device),
+                             torch.tensor(slots + [scratch] * pad, dtype=torch.long).to(device),
+                             self.block_table_tensor(tables, self.cfg.max_blocks_per_seq, device),
+                             torch.tensor(tiles, dtype=torch.long).reshape(-1, 4).to(device))
 
     @torch.no_grad()
     def prefill_paged(self, inp: PrefillInputs) -> Tensor:
-        """The fused prefill with per-token paged attention: hidden [N, dim] after the final norm."""
+        """The fused prefill: hidden [N, dim] after the final norm."""
+        from engine.triton_attention import paged_prefill_triton
+        block_m = self.prefill_tile_rows()
         return self.slow_stack.forward(
             self.model.embed(inp.grid), inp.positions, inp.slot_mapping, self.k_pools, self.v_pools,
-            lambda layer, q: self._paged(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
-                                         inp.context_lens))
+            lambda layer, q: paged_prefill_triton(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
+                                                  inp.tiles, block_m))
 
     # -- decode -----------------------------------------------------------------------------
     def frame_inputs(self, seqs: list[Sequence], frame_offsets: list[int], pad_to: int,

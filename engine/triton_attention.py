@@ -164,7 +164,8 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, tiles_ptr, out_ptr, s
         m, s, acc = _attend_block(q, k_ptr, v_ptr, block, kvh, num_kv_heads,
                                   (i * BLOCK + t)[None, :] <= q_pos[:, None], m, s, acc, scale, HEAD_DIM, BLOCK,
                                   PRECISION)
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], (acc / s[:, None]).to(out_ptr.dtype.element_ty),
+    safe = tl.where(s > 0, s, 1.0)  # unused tiles (no rows) run no block
+    tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], (acc / safe[:, None]).to(out_ptr.dtype.element_ty),
              mask=valid[:, None])
 
 

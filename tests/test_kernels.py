@@ -304,16 +304,17 @@ def test_fuse_gate_up_interleaves_rows_in_place() -> None:
                                                                block.feed_forward.w2.weight))
 
 
-def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
-    """Prefill with per-token paged attention (what the prefill CUDA graphs run) against the eager
-    fused prefill with causal attention: same hidden states, same KV, also after a cached prefix."""
+def test_paged_prefill_equals_module_prefill(dev_model) -> None:
+    """The fused prefill (paged prefill kernel over query tiles), exact and padded to a graph bucket's
+    fixed sizes, against the module path's prefill with per-sequence causal attention: same hidden
+    states and KV, also for a sequence whose first block was computed in an earlier step."""
     from engine.kv_cache import BlockManager
     from engine.request import Sequence
     from engine.runner import ModelRunner, RunnerConfig
     model = dev_model.model
     runs = []
-    for paged in (False, True):
-        runner = ModelRunner(model, RunnerConfig(num_blocks=16, block_size=16, max_batch=4), fused=True)
+    for mode in ("module", "exact", "padded"):
+        runner = ModelRunner(model, RunnerConfig(num_blocks=16, block_size=16, max_batch=4), fused=mode != "module")
         blocks = BlockManager(16, 16)
         seqs = []
         for i, (length, start) in enumerate([(20, 0), (30, 16)]):
@@ -325,15 +326,19 @@ def test_paged_prefill_equals_fused_prefill(dev_model) -> None:
         first = [(seqs[1][0], 0, 16)]
         rest = [(seqs[0][0], 0, seqs[0][0].prompt_len), (seqs[1][0], 16, seqs[1][0].prompt_len - 16)]
         for items in (first, rest):
-            if paged:  # padded rows (beyond the tokens) write only to the scratch block
-                hidden = runner.prefill_paged(runner.prefill_inputs(items, sum(k for _, _, k in items) + 6))
+            n = sum(k for _, _, k in items)
+            if mode == "padded":  # padded rows (beyond the tokens) write only to the scratch block
+                inp = runner.prefill_inputs(items, n + 40, fixed=True)
+                assert inp.tiles.shape[0] == -(-(n + 40) // runner.prefill_tile_rows()) + 5
+                hidden = runner.prefill_paged(inp)
+                assert torch.isfinite(hidden).all()
             else:
                 hidden = runner._prefill_eager(items)
-        n = sum(k for _, _, k in rest)
         runs.append((hidden[:n].clone(), [p.clone() for p in runner.k_pools], [p.clone() for p in runner.v_pools]))
-    torch.testing.assert_close(runs[1][0], runs[0][0], atol=1e-4, rtol=1e-4)
-    for a, b in zip(runs[1][1] + runs[1][2], runs[0][1] + runs[0][2]):
-        torch.testing.assert_close(a[:16], b[:16], atol=1e-4, rtol=1e-4)  # every block but the scratch one
+    for got in runs[1:]:
+        torch.testing.assert_close(got[0], runs[0][0], atol=1e-4, rtol=1e-4)
+        for a, b in zip(got[1] + got[2], runs[0][1] + runs[0][2]):
+            torch.testing.assert_close(a[:16], b[:16], atol=1e-4, rtol=1e-4)  # every block but the scratch one
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
