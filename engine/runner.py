@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from engine.attention import (PrefillSegment, dense_attention, paged_decode_reference, prefill_attention,
@@ -336,7 +335,7 @@ class ModelRunner:
                 sample_into(kernels.linear(hidden, model.audio_decoder.output.weight), inp.slots, inp.frames,
                             self.params, out, pos + 1, DRAW_FAST + pos)
             if pos < mc.num_codebooks - 1:
-                x = F.embedding(out[:, pos + 1], model.audio_decoder.embeddings.weight)
+                x = kernels.embed_rows(out[:, pos + 1], model.audio_decoder.embeddings.weight)
         x = kernels.frame_embed(out, model.text_model.model.embeddings.weight,
                                 model.audio_decoder.codebook_embeddings.weight, mc.semantic_start_token_id,
                                 mc.codebook_size, mc.eos_token_id)

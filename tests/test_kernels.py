@@ -241,6 +241,16 @@ def test_fused_engine_equals_module_engine(dev_model) -> None:
         assert np.array_equal(results[0][i], results[1][i]), f"request {i}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embed_rows_equals_embedding(dtype) -> None:
+    """The gather of a strided column of codes (as the frame's output holds them) equals F.embedding."""
+    g = torch.Generator().manual_seed(12)
+    weight = torch.randn(50, 1500, generator=g).to(DEV, dtype)
+    frame = torch.randint(0, 50, (5, 11), generator=g).to(DEV)
+    got = kernels.embed_rows(frame[:, 3], weight)
+    assert torch.equal(got, F.embedding(frame[:, 3], weight))
+
+
 def test_snake_kernel_matches_module() -> None:
     from engine.models.codec_layers import Snake1d
     g = torch.Generator().manual_seed(8)
