@@ -18,7 +18,9 @@ s·C_out outputs per frame are the s output samples: `conv_weights` rearranges i
 Float32 in and out; the products run in TF32 on CUDA like cuDNN's default convolutions. The
 rearranged weights are a second copy next to the module's (~220 MB for the S2 Pro codec), which the
 one-shot decode and the encoder keep using.
-Tested against the module path (tests/test_codec_kernels.py; on CPU through TRITON_INTERPRET=1).
+Also here: the codec's Snake activation as one elementwise pass (`snake`, five kernels in torch), which
+the module path uses on CUDA. Tested against the module path (tests/test_codec_kernels.py,
+tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
@@ -29,9 +31,53 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from engine.kernels import INTERPRET, snake_value
+from engine.kernels import INTERPRET
 from engine.models.codec import Decoder
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
+
+
+@triton.jit
+def snake_value(x, alpha):
+    """x + sin²(αx) / (α + 1e-9) in float32 (applied on load or in an epilogue below).
+
+    sin² has period π: αx is reduced to [-π/2, π/2] by k·π in three parts (the first two with few
+    bits, so their products are exact for |k| < 2**12), and the sine there is its Taylor polynomial
+    to degree 13 (truncation < 1e-9). Within 3e-7 of sin² over |αx| <= 200, branch-free: libdevice's
+    sine, with its slow path for huge arguments, made each conv kernel that applies it slower."""
+    y = alpha * x
+    k = tl.floor(y * 0.3183098861837907 + 0.5)
+    r = ((y - k * 3.140625) - k * 0.0009677410125732422) - k * -8.742277657347586e-08
+    r2 = r * r
+    poly = 1.6059043836821613e-10 * r2 - 2.505210838544172e-08
+    poly = poly * r2 + 2.7557319223985893e-06
+    poly = poly * r2 - 1.984126984126984e-04
+    poly = poly * r2 + 8.333333333333333e-03
+    poly = poly * r2 - 1.6666666666666666e-01
+    sine = r + r * r2 * poly
+    return x + (1.0 / (alpha + 1e-9)) * (sine * sine)
+
+
+@triton.jit
+def _snake_kernel(x_ptr, alpha_ptr, out_ptr, channels, length, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # (batch, channel)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < length
+    alpha = tl.load(alpha_ptr + row % channels).to(tl.float32)
+    x = tl.load(x_ptr + row * length + cols, mask=mask, other=0.0).to(tl.float32)
+    y = snake_value(x, alpha)
+    tl.store(out_ptr + row * length + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def snake(x: Tensor, alpha: Tensor) -> Tensor:
+    """x [B, C, T] + sin²(αx) / (α + 1e-9) with α [1, C, 1], as codec_layers.Snake1d."""
+    x = x.contiguous()
+    batch, channels, length = x.shape
+    out = torch.empty_like(x)
+    block = min(2048, triton.next_power_of_2(max(length, 16)))
+    if x.numel():
+        grid = (batch * channels, triton.cdiv(length, block))
+        _snake_kernel[grid](x, alpha, out, channels, length, BLOCK=block, num_warps=4)
+    return out
 
 
 @triton.jit

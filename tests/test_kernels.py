@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import kernels
+from engine import codec_kernels, kernels
 from engine.attention import PrefillSegment, paged_decode_reference, prefill_attention
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
@@ -258,7 +258,7 @@ def test_snake_kernel_matches_module() -> None:
     act.alpha.data = torch.rand(1, 6, 1, generator=g) * 3
     x = torch.randn(2, 6, 300, generator=g) * 4
     want = x + (act.alpha + 1e-9).reciprocal() * torch.sin(act.alpha * x).pow(2)
-    got = kernels.snake(x.to(DEV), act.alpha.to(DEV))
+    got = codec_kernels.snake(x.to(DEV), act.alpha.to(DEV))
     torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
 
 

@@ -29,7 +29,7 @@ class Snake1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda:  # one fused pass instead of five elementwise kernels over the largest tensors
-            from engine.kernels import snake
+            from engine.codec_kernels import snake
             return snake(x, self.alpha)
         return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
 
