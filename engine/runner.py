@@ -116,10 +116,11 @@ class ModelRunner:
 
     def _init_fused(self) -> None:
         from engine.fused_stack import FusedStack
-        from engine.triton_attention import paged_decode_triton
+        from engine.triton_attention import paged_decode_triton, prefill_block_m
         self._paged = paged_decode_triton
         model, mc, dev = self.model, self.model.cfg, self.device
         t, a = mc.text, mc.audio
+        self.prefill_block_m = prefill_block_m(t.n_head // t.n_local_heads)  # tokens per prefill query tile
         self.slow_stack = FusedStack(model.text_model.model.layers, model.text_model.model.norm, t,
                                      model.slow_rope)
         self.fast_stack = FusedStack(model.audio_decoder.layers, model.audio_decoder.norm, a, model.fast_rope)
@@ -198,12 +199,6 @@ class ModelRunner:
 
         return self.model.slow_forward(self.model.embed(grid), pos, attend)
 
-    def prefill_tile_rows(self) -> int:
-        """Tokens per query tile of the paged prefill kernel for this model's query heads per kv head."""
-        from engine.triton_attention import prefill_tiles
-        t = self.model.cfg.text
-        return prefill_tiles([], t.n_head // t.n_local_heads)[1]
-
     def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int, device: torch.device | None = None,
                        fixed: bool = False) -> PrefillInputs:
         """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows. Padding
@@ -214,11 +209,10 @@ class ModelRunner:
         cols, positions, slots = self._prompt_rows(items)
         pad = pad_to - len(cols)
         cols.extend([(0,) * (self.model.cfg.num_codebooks + 1)] * pad)
-        t = self.model.cfg.text
-        runs = [(start, n) for _, start, n in items]
-        tiles, block_m = prefill_tiles(runs, t.n_head // t.n_local_heads)
+        block_m = self.prefill_block_m
+        tiles = prefill_tiles([(start, n) for _, start, n in items], block_m)
         for j in range(0, pad, block_m):
-            tiles.append((len(runs), len(slots) + j, min(block_m, pad - j), 0))
+            tiles.append((len(items), len(slots) + j, min(block_m, pad - j), 0))
         tables = [seq.alloc.block_table for seq, _, _ in items] + [[]]
         if fixed:
             num_runs = self.cfg.max_batch + 1
@@ -236,11 +230,10 @@ class ModelRunner:
     def prefill_paged(self, inp: PrefillInputs) -> Tensor:
         """The fused prefill: hidden [N, dim] after the final norm."""
         from engine.triton_attention import paged_prefill_triton
-        block_m = self.prefill_tile_rows()
         return self.slow_stack.forward(
             self.model.embed(inp.grid), inp.positions, inp.slot_mapping, self.k_pools, self.v_pools,
             lambda layer, q: paged_prefill_triton(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
-                                                  inp.tiles, block_m))
+                                                  inp.tiles, self.prefill_block_m))
 
     # -- decode -----------------------------------------------------------------------------
     def frame_inputs(self, seqs: list[Sequence], frame_offsets: list[int], pad_to: int,

@@ -172,16 +172,20 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, tiles_ptr, out_ptr, s
 PREFILL_ROWS = 128  # query rows (token x head of a kv head) per program
 
 
-def prefill_tiles(runs: list[tuple[int, int]], groups: int) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Tiles for runs of new tokens [(start position, count)] packed in this order, and BLOCK_M:
-    (run index, first packed row, rows, first position) per tile."""
-    block_m = max(1, PREFILL_ROWS // triton.next_power_of_2(groups))
+def prefill_block_m(groups: int) -> int:
+    """Tokens per query tile for `groups` query heads per kv head (padded to a power of two)."""
+    return max(1, PREFILL_ROWS // triton.next_power_of_2(groups))
+
+
+def prefill_tiles(runs: list[tuple[int, int]], block_m: int) -> list[tuple[int, int, int, int]]:
+    """Tiles for runs of new tokens [(start position, count)] packed in this order:
+    (run index, first packed row, rows, first position) per tile of up to block_m tokens."""
     tiles, row = [], 0
     for i, (start, count) in enumerate(runs):
         for j in range(0, count, block_m):
             tiles.append((i, row + j, min(block_m, count - j), start + j))
         row += count
-    return tiles, block_m
+    return tiles
 
 
 def paged_prefill_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor, tiles: Tensor,

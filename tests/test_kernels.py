@@ -17,7 +17,7 @@ from engine.engine_config import EngineConfig
 from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
 from engine.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
 from engine.sampling_kernel import sample_into
-from engine.triton_attention import paged_decode_triton, paged_prefill_triton, prefill_tiles
+from engine.triton_attention import paged_decode_triton, paged_prefill_triton, prefill_block_m, prefill_tiles
 from tests.test_engine import random_prompt, run_engine
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,7 +166,8 @@ def test_paged_prefill_kernel_matches_reference(dtype, kv_heads, heads) -> None:
     runs = [(0, 5), (37, 20), (3, 150)]
     tables = [torch.randperm(39, generator=g)[:12] for _ in runs]
     q = torch.randn(sum(n for _, n in runs), heads, dim, generator=g).to(DEV, dtype)
-    tiles, block_m = prefill_tiles(runs, heads // kv_heads)
+    block_m = prefill_block_m(heads // kv_heads)
+    tiles = prefill_tiles(runs, block_m)
     assert block_m * 4 == 128 and len(tiles) == 1 + 1 + -(-150 // block_m)
     got = paged_prefill_triton(q, k_pool, v_pool, torch.stack(tables).to(DEV),
                                torch.tensor(tiles, dtype=torch.long, device=DEV), block_m)
@@ -339,7 +340,7 @@ def test_paged_prefill_equals_module_prefill(dev_model) -> None:
             n = sum(k for _, _, k in items)
             if mode == "padded":  # padded rows (beyond the tokens) write only to the scratch block
                 inp = runner.prefill_inputs(items, n + 40, fixed=True)
-                assert inp.tiles.shape[0] == -(-(n + 40) // runner.prefill_tile_rows()) + 5
+                assert inp.tiles.shape[0] == -(-(n + 40) // runner.prefill_block_m) + 5
                 hidden = runner.prefill_paged(inp)
                 assert torch.isfinite(hidden).all()
             else:
