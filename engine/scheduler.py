@@ -24,12 +24,12 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int, hold_tokens: int | None = None) -> None:
+    def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int, hold_tokens: int) -> None:
         self.blocks = blocks
         self.max_batch = max_batch
         self.prefill_budget = prefill_budget
         # A burst whose remaining prompts fit in this many tokens starts decoding together (see schedule).
-        self.hold_tokens = prefill_budget if hold_tokens is None else hold_tokens
+        self.hold_tokens = hold_tokens
         self.max_hold_steps = -(-self.hold_tokens // prefill_budget)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
