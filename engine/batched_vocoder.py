@@ -10,9 +10,10 @@ pass (the layer walk of `engine/vocoder.py`) and scatters their new state back; 
 untouched. Shapes depend only on (B, n) and nothing syncs with the host, so `push` can be captured
 in a CUDA graph per (B, n) with static `slots` / `codes` buffers.
 
-On CUDA (float32) the decoder part runs through the fused kernels of `engine/codec_kernels.py`, whose
-convolutions keep their context in the same slices as [L, C_in] rows (channels-last); the transformer
-and the upsampling blocks before it take the layer walk either way.
+On CUDA (float32) the decoder part runs through the fused kernels of `engine/codec_kernels.py` (float16
+products, float32 activations), whose convolutions keep their context in the same slices as [L, C_in]
+rows (channels-last); the transformer and the upsampling blocks before it take the layer walk either
+way.
 
 Exact per row: upstream numbers transformer positions from 0 within each stream and its RoPE tables
 are bf16-rounded, so each row's RoPE is computed at its own positions; each row's attention mask hides
@@ -88,8 +89,9 @@ def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor)
 
 @contextlib.contextmanager
 def _tf32_matmuls() -> Iterator[None]:
-    """TF32 for the float32 matmuls of the codec's transformer and ConvNeXt blocks, as its fused convs
-    use (H100: ~2.3 of a 25.7 ms push of 32 rows x 8 frames ran on CUDA cores). The flag is
+    """TF32 for the float32 matmuls of the codec's transformer and ConvNeXt blocks, whose products then
+    round their operands like the fused convs (H100: ~2.3 of a 25.7 ms push of 32 rows x 8 frames
+    ran on CUDA cores without it). The flag is
     process-wide and restored on exit: a float32 matmul of another thread during a push would get
     TF32 too."""
     matmul = torch.backends.cuda.matmul

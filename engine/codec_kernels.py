@@ -15,16 +15,23 @@ convolution is one implicit-GEMM kernel on tensor cores that
 
 A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
 s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
-Float32 in and out; the products run in TF32 on CUDA like cuDNN's default convolutions. The
-rearranged weights are a second copy next to the module's (~220 MB for the S2 Pro codec), which the
-one-shot decode and the encoder keep using.
+Float32 in and out, float32 accumulation. The products take float16 operands by default: as many
+mantissa bits as the TF32 of cuDNN's default convolutions, rounded to nearest where TF32 operands are
+truncated (H100, real shapes: 1.2e-3 relative RMS error on the PCM against 3.2e-3 with TF32), at twice
+the tensor-core rate and half the weight bytes; `operands=torch.float32` runs them in TF32 (in IEEE
+float32 under the interpreter). The rearranged weights are a second copy next to the module's (~110 MB
+in float16 for the S2 Pro codec), which the one-shot decode and the encoder keep using. The input a
+k7 conv reads after the Snake pass is stored in the operand type: the conv would round it to that
+anyway.
 Also here: the codec's Snake activation as one elementwise pass (`snake`, five kernels in torch), which
 the module path uses on CUDA. Tested against the module path (tests/test_codec_kernels.py,
 tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -159,7 +166,7 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
 @triton.jit
 def _snake_after_context_kernel(x_ptr, ctx_ptr, alpha_ptr, out_ptr, T, L, C, ctx_bstride,
                                 BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """out[b] = [ctx[b] (already snaked); snake(x[b])] as [L + T, C]."""
+    """out[b] = [ctx[b] (already snaked); snake(x[b])] as [L + T, C] in out's type."""
     b = tl.program_id(2).to(tl.int64)
     i = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -170,7 +177,8 @@ def _snake_after_context_kernel(x_ptr, ctx_ptr, alpha_ptr, out_ptr, T, L, C, ctx
     v = _snake(v, alpha_ptr, c, c_mask)
     v = tl.where(from_ctx, tl.load(ctx_ptr + b * ctx_bstride + i[:, None] * C + c[None, :], mask=from_ctx,
                                    other=0.0), v)
-    tl.store(out_ptr + (b * (L + T) + i)[:, None] * C + c[None, :], v, mask=from_ctx | from_x)
+    tl.store(out_ptr + (b * (L + T) + i)[:, None] * C + c[None, :], v.to(out_ptr.dtype.element_ty),
+             mask=from_ctx | from_x)
 
 
 @triton.jit
@@ -230,8 +238,9 @@ def _alpha(snake: Snake1d | None) -> Tensor | None:
 
 
 def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, out_snake: Snake1d | None = None,
-          tanh: bool = False) -> ConvPlan:
+          tanh: bool = False, operands: torch.dtype = torch.float16) -> ConvPlan:
     weight, bias = conv_weights(module)
+    weight = weight.to(operands)
     is_conv = isinstance(module, CausalConv1d)
     assert out_snake is None or is_conv, "an output Snake needs one output channel per column"
     return ConvPlan(module, weight, bias, module.conv.dilation[0] if is_conv else 1,
@@ -243,24 +252,27 @@ class FusedDecoder:
     """`Decoder` streamed over many rows: `run` continues each row's stream from the contexts it
     finds in the packed state (the slices of `engine/batched_vocoder.py`, read as [L, C_in])."""
 
-    def __init__(self, decoder: Decoder) -> None:
-        """The Snake before a block's transposed conv runs in the epilogue of the conv before it, whose
+    def __init__(self, decoder: Decoder, operands: torch.dtype = torch.float16) -> None:
+        """operands: the products' operand type (float16, or float32 for TF32). The Snake before a block's transposed conv runs in the epilogue of the conv before it, whose
         output nothing else reads (applied while loading, it was recomputed for each of the transposed
         conv's many output tiles). The one before a unit's k1 conv runs while that conv loads (few
         output tiles; in the k7 conv's epilogue it measured slower), and the one before a unit's k7
         conv, whose input is also the residual, in the pass that writes [context; input] once."""
+        if operands not in (torch.float16, torch.float32):
+            raise ValueError(f"the codec convs take float16 or float32 operands, not {operands}")
+        plan = functools.partial(_plan, operands=operands)
         layers = list(decoder.model)
         blocks = [block.block for block in layers[1:-3]]
-        self.first = _plan(layers[0], None, out_snake=blocks[0][0])
+        self.first = plan(layers[0], None, out_snake=blocks[0][0])
         self.blocks: list[tuple[ConvPlan, list[tuple[ConvPlan, ConvPlan]]]] = []
         for i, (_, up, *units) in enumerate(blocks):
             plans = []
             for j, u in enumerate(units):
                 feeds_up = j == len(units) - 1 and i + 1 < len(blocks)
-                plans.append((_plan(u.block[1], u.block[0], snake_first=True),
-                              _plan(u.block[3], u.block[2], out_snake=blocks[i + 1][0] if feeds_up else None)))
-            self.blocks.append((_plan(up, None), plans))
-        self.last = _plan(layers[-2], layers[-3], snake_first=True, tanh=True)
+                plans.append((plan(u.block[1], u.block[0], snake_first=True),
+                              plan(u.block[3], u.block[2], out_snake=blocks[i + 1][0] if feeds_up else None)))
+            self.blocks.append((plan(up, None), plans))
+        self.last = plan(layers[-2], layers[-3], snake_first=True, tanh=True)
         counters(self.first.weight.device)
 
     def run(self, x: Tensor, contexts: dict[nn.Module, Tensor]) -> Tensor:
@@ -282,10 +294,10 @@ class FusedDecoder:
             ctx = x
         alpha = plan.alpha
         if plan.snake_first:  # [context; snake(x)] once, read by the conv as one contiguous input
-            x = snake_after_context(x, ctx, plan.alpha, plan.context)
+            x = snake_after_context(x, ctx, plan.alpha, plan.context, plan.weight.dtype)
             ctx, alpha = x, None
         cout = plan.weight.shape[1]
-        y = torch.empty(batch, length, cout, dtype=x.dtype, device=x.device)
+        y = torch.empty(batch, length, cout, dtype=torch.float32, device=x.device)
         x_input = x[:, plan.context:] if plan.snake_first else x
         _launch_conv(plan, x_input, ctx, alpha, residual, y,
                      one_source=ctx is x and (plan.snake_first or plan.context == 0))
@@ -310,17 +322,37 @@ def counters(device: torch.device) -> Tensor:
     return _COUNTERS[device]
 
 
-def conv_tiles(rows: int, cin: int, cout: int, taps: int) -> tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_CI, BLOCK_CO, SPLIT) (measured on an H100: 64 rows, 32 inputs and 128 outputs
-    per step on tensor cores, 4 warps, 3 stages)."""
+class ConvTiles(NamedTuple):
+    block_r: int  # output rows per program
+    block_ci: int  # inputs per step
+    block_co: int  # outputs per program
+    split: int  # programs sharing one output tile's steps
+    warps: int
+    stages: int
+
+
+def conv_tiles(rows: int, cin: int, cout: int, taps: int, operand_bytes: int) -> ConvTiles:
+    """Measured on an H100 at the S2 Pro codec's shapes (float16 operands, pushes of 8 and 32 rows ×
+    8 frames): steps of 128 bytes of inputs, or half that where it divides C_in (96 inputs: three
+    unmasked steps of 32); outputs in whole tiles; 128 rows per program for the large k7 convs and
+    128 rows × 256 outputs for the large transposed ones (10–25 % faster there, slower elsewhere);
+    split over programs when the tiles are few."""
     block_co = min(128, max(16, triton.next_power_of_2(cout)))
     if INTERPRET:  # numpy runs a program's block at once: few large programs are fastest
-        return min(4096, max(16, triton.next_power_of_2(rows))), 32, block_co, 1
-    block_ci = 32 if cin >= 32 else 16
-    tiles = triton.cdiv(rows, 64) * triton.cdiv(cout, block_co)
+        return ConvTiles(min(4096, max(16, triton.next_power_of_2(rows))), 32, block_co, 1, 4, 1)
+    step = 128 // operand_bytes
+    block_ci = next((c for c in (step, step // 2) if cin % c == 0), 16)
+    if cout > 128 and cout % 128:
+        block_co = 64 if cout % 64 == 0 else 128
+    block_r, warps = 64, 4
+    if taps == 2 and rows >= 8192:  # the decoder's transposed convs (a two-tap conv, see above)
+        block_r, block_co, warps = 128, min(256, triton.next_power_of_2(cout)), 8
+    elif taps > 2 and rows >= 65536 and cin >= 192:
+        block_r = 128
+    tiles = triton.cdiv(rows, block_r) * triton.cdiv(cout, block_co)
     steps = taps * triton.cdiv(cin, block_ci)
     split = max(1, min(steps // 4, triton.cdiv(_MIN_PROGRAMS, tiles), 64)) if tiles < _MIN_PROGRAMS else 1
-    return 64, block_ci, block_co, split
+    return ConvTiles(block_r, block_ci, block_co, split, warps, 3)
 
 
 def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, residual: Tensor | None,
@@ -328,9 +360,9 @@ def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, r
     """one_source: ctx is [B, L + T, C_in] with x as its last T rows (one buffer, one load per tile)."""
     batch, length, cin = x.shape
     cout, rows = y.shape[-1], batch * length
-    block_r, block_ci, block_co, tiled_split = conv_tiles(rows, cin, cout, plan.taps)
-    split = split or tiled_split
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(cout, block_co), split)
+    tiles = conv_tiles(rows, cin, cout, plan.taps, plan.weight.element_size())
+    split = split or tiles.split
+    grid = (triton.cdiv(rows, tiles.block_r), triton.cdiv(cout, tiles.block_co), split)
     part = torch.empty(split, rows, cout, dtype=torch.float32, device=y.device) if split > 1 else y
     out_alpha = plan.out_alpha
     _conv_kernel[grid](
@@ -338,15 +370,16 @@ def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, r
         out_alpha if out_alpha is not None else plan.bias, residual if residual is not None else y, y, part,
         counters(y.device), rows, length, plan.context, cin, cout, x.stride(0), ctx.stride(0), plan.dilation,
         TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None, RESIDUAL=residual is not None,
-        OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, ONE_SOURCE=one_source, EVEN_CI=cin % block_ci == 0,
-        EVEN_CO=cout % block_co == 0, BLOCK_R=block_r, BLOCK_CI=block_ci, BLOCK_CO=block_co,
-        PRECISION="ieee" if INTERPRET else "tf32", num_warps=4, num_stages=1 if INTERPRET else 3)
+        OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, ONE_SOURCE=one_source,
+        EVEN_CI=cin % tiles.block_ci == 0, EVEN_CO=cout % tiles.block_co == 0, BLOCK_R=tiles.block_r,
+        BLOCK_CI=tiles.block_ci, BLOCK_CO=tiles.block_co, PRECISION="ieee" if INTERPRET else "tf32",
+        num_warps=tiles.warps, num_stages=tiles.stages)
 
 
-def snake_after_context(x: Tensor, ctx: Tensor, alpha: Tensor, context: int) -> Tensor:
-    """[B, L + T, C]: ctx [B, L·C] (a state slice, already snaked) then snake(x [B, T, C])."""
+def snake_after_context(x: Tensor, ctx: Tensor, alpha: Tensor, context: int, dtype: torch.dtype) -> Tensor:
+    """[B, L + T, C] in dtype: ctx [B, L·C] (a state slice, already snaked) then snake(x [B, T, C])."""
     batch, length, channels = x.shape
-    out = torch.empty(batch, context + length, channels, dtype=x.dtype, device=x.device)
+    out = torch.empty(batch, context + length, channels, dtype=dtype, device=x.device)
     block_r = min(4096, triton.next_power_of_2(context + length)) if INTERPRET else 32
     block_c = min(128, triton.next_power_of_2(channels))
     grid = (triton.cdiv(context + length, block_r), triton.cdiv(channels, block_c), batch)

@@ -1,23 +1,28 @@
 """The codec decoder's fused kernels (engine/codec_kernels.py) against the module path, on the same
 inputs: whole streamed pushes of the tiny codec, and single convolutions (context, Snake on load,
-residual, tanh, transposed, split over programs). On CPU they run in Triton's interpreter in
-float32, where they must agree to float rounding; tests/test_cuda.py repeats the push comparison
-at the real shapes on the GPU (TF32 products there)."""
+residual, tanh, transposed, split over programs), with float32 and float16 operands. On CPU they run
+in Triton's interpreter, where float32 operands must agree to float rounding and float16 ones to
+their rounding; tests/test_cuda.py repeats the push comparison at the real shapes on the GPU."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from engine.batched_vocoder import SlotVocoder
-from engine.codec_kernels import _launch_conv, _plan
+from engine.codec_kernels import FusedDecoder, _launch_conv, _plan
 from engine.models.codec import Codec
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 from tests.test_vocoder import HOP, make_codec, random_codes
 
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the interpreter
-# TF32 products on the GPU (the module path's cuDNN convolutions use TF32 too)
-PUSH_ATOL, CONV_ATOL = (5e-3, 1e-2) if DEVICE.type == "cuda" else (2e-6, 2e-5)
+# On the GPU the module path's cuDNN convolutions take TF32 operands, which bounds the agreement for
+# either type. In the interpreter float32 operands are IEEE products and float16 ones are rounded
+# (measured: 5e-4 on a push, 1e-3 on one conv).
+CUDA = DEVICE.type == "cuda"
+PUSH_ATOL = {torch.float32: 5e-3 if CUDA else 2e-6, torch.float16: 5e-3 if CUDA else 2e-3}
+CONV_ATOL = {torch.float32: 1e-2 if CUDA else 2e-5, torch.float16: 1e-2 if CUDA else 4e-3}
+OPERANDS = pytest.mark.parametrize("operands", [torch.float32, torch.float16], ids=["f32", "f16"])
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +30,12 @@ def codec() -> Codec:
     return make_codec().to(DEVICE)
 
 
-def test_fused_pushes_equal_module_pushes(codec: Codec) -> None:
+@OPERANDS
+def test_fused_pushes_equal_module_pushes(codec: Codec, operands: torch.dtype) -> None:
     fused, plain = SlotVocoder(codec, 3, fused=True), SlotVocoder(codec, 3, fused=False)
     assert fused.fused is not None and plain.fused is None
+    assert fused.fused.first.weight.dtype == torch.float16  # the default
+    fused.fused = FusedDecoder(codec.decoder, operands)
     codes0, pcm0 = [], []  # slot 0's stream
     # slot 1 restarts mid-way; pushes of 1-4 frames; rows in any order
     for i, (slots, n) in enumerate([([0], 1), ([0, 1], 2), ([1, 2, 0], 1), ("reset 1", 0), ([2, 1], 3),
@@ -39,7 +47,7 @@ def test_fused_pushes_equal_module_pushes(codec: Codec) -> None:
         codes, index = random_codes(len(slots), n, seed=i).to(DEVICE), torch.tensor(slots, device=DEVICE)
         got, want = fused.push(index, codes), plain.push(index, codes)
         assert got.shape == (len(slots), n * HOP)
-        torch.testing.assert_close(got, want, atol=PUSH_ATOL, rtol=0)
+        torch.testing.assert_close(got, want, atol=PUSH_ATOL[operands], rtol=0)
         if 0 in slots:
             codes0.append(codes[slots.index(0)])
             pcm0.append(got[slots.index(0)])
@@ -47,17 +55,18 @@ def test_fused_pushes_equal_module_pushes(codec: Codec) -> None:
     # slot 0's stream, pushed in four parts, also equals one decode of all its 8 frames
     whole = codec.decode(torch.cat(codes0, dim=-1)[None])[0, 0]
     assert whole.shape == (8 * HOP,)
-    torch.testing.assert_close(torch.cat(pcm0), whole, atol=max(PUSH_ATOL, 1e-5), rtol=0)
+    torch.testing.assert_close(torch.cat(pcm0), whole, atol=max(PUSH_ATOL[operands], 1e-5), rtol=0)
 
 
 def _snaked(snake: Snake1d | None, x: torch.Tensor) -> torch.Tensor:
     return x if snake is None else snake(x)
 
 
+@OPERANDS
 @pytest.mark.parametrize("split", [1, 3])
 @pytest.mark.parametrize("kind", ["dilated", "pointwise", "transposed", "last", "dilated+snake",
                                   "pointwise+snake", "dilated/buffer", "pointwise/buffer", "dilated/buffer64"])
-def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
+def test_conv_kernel_equals_torch(kind: str, split: int, operands: torch.dtype) -> None:
     """One conv (Snake on its input while loading; '+snake': the next layer's Snake applied to its
     output before storing; '/buffer': input and context in one buffer, read with one load, '64' with
     channel counts that fill whole blocks) against the torch module."""
@@ -72,7 +81,7 @@ def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
         snake.alpha.uniform_(0.5, 2.0)
         out_snake.alpha.uniform_(0.5, 2.0)
         module.conv.bias.normal_()
-    plan = _plan(module, snake, out_snake=out_snake if then else None, tanh=kind == "last")
+    plan = _plan(module, snake, out_snake=out_snake if then else None, tanh=kind == "last", operands=operands)
     context = plan.context
     x = torch.randn(batch, length, cin, device=DEVICE)
     ctx = torch.randn(batch, max(context, 1) * cin, device=DEVICE)  # pre-Snake inputs before x, [L, C] per row
@@ -98,10 +107,12 @@ def test_conv_kernel_equals_torch(kind: str, split: int) -> None:
     if then:
         want = _snaked(out_snake, want.transpose(1, 2)).transpose(1, 2)
     got = y.view(batch, length * plan.upsample, -1)
-    torch.testing.assert_close(got, want, atol=CONV_ATOL, rtol=1e-5)
+    torch.testing.assert_close(got, want, atol=CONV_ATOL[operands], rtol=1e-5)
 
 
 def test_fused_codec_decoder_needs_float32(codec: Codec) -> None:
     half = make_codec().to(DEVICE, torch.bfloat16)
     with pytest.raises(ValueError, match="float32"):
         SlotVocoder(half, 2, fused=True)
+    with pytest.raises(ValueError, match="float16 or float32 operands"):
+        FusedDecoder(codec.decoder, torch.bfloat16)

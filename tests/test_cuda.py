@@ -109,7 +109,7 @@ def test_cuda_prefill_attention_equals_masked_reference(dtype) -> None:
 
 def test_fused_codec_decoder_equals_module_path_at_real_shapes() -> None:
     """Real codec shapes (random weights): pushes of the fused decoder (split over programs for few
-    rows, tiled for many) against the module path, TF32 products on both sides."""
+    rows, tiled for many; float16 operands) against the module path's TF32 convolutions."""
     from engine.batched_vocoder import SlotVocoder
     from engine.models.codec import Codec, CodecConfig
     torch.manual_seed(0)
