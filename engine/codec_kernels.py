@@ -7,11 +7,11 @@ convolution is one implicit-GEMM kernel on tensor cores that
 
 - reads its left context straight from the carried state and the new input from the previous layer
   (no concatenation),
-- applies the Snake before it while loading (a k1 conv), or gets its input already snaked: a k7 conv
-  from a pass that writes [context; snake(input)] once, a transposed conv from the epilogue of the
-  conv before it,
-- adds the bias, the residual, the next layer's Snake (before a transposed conv) and the final tanh
-  before storing.
+- gets its input already snaked: a k7 conv from a pass that writes [context; snake(input)] once, a
+  k1 or transposed conv from the epilogue of the conv before it (the Snake can also be applied while
+  loading),
+- adds the bias, the residual, the next layer's Snake (before a k1 or transposed conv) and the final
+  tanh before storing.
 
 A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
 s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
@@ -131,7 +131,7 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
             in_x = (r_mask & (src >= 0))[:, None] & ci_mask[None, :]
             in_ctx = (r_mask & (src < 0))[:, None] & ci_mask[None, :]
             v = tl.load(x_ptr + (b * x_bstride + src * CIN)[:, None] + ci[None, :], mask=in_x, other=0.0)
-            v += tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_ctx, other=0.0)
+            v = v.to(tl.float32) + tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_ctx, other=0.0)
         if SNAKE:
             v = _snake(v, alpha_ptr, ci, ci_mask)
         w_at = w_ptr + (j * COUT + co)[None, :] * CIN + ci[:, None]  # [BLOCK_CI, BLOCK_CO], CIN-major
@@ -160,7 +160,7 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
         acc = _snake(acc, out_alpha_ptr, co, co_mask)
     if TANH:
         acc = 1.0 - 2.0 / (tl.exp(2.0 * acc) + 1.0)
-    tl.store(y_ptr + out, acc, mask=mask)
+    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -193,7 +193,8 @@ def _roll_kernel(x_ptr, ctx_ptr, T, L, C, x_bstride, ctx_bstride, BLOCK_L: tl.co
     keep = (i < L)[:, None] & (c < C)[None, :]
     in_x = keep & (src >= L)[:, None]
     v = tl.load(x_ptr + b * x_bstride + (src - L)[:, None] * C + c[None, :], mask=in_x, other=0.0)
-    v += tl.load(ctx_ptr + b * ctx_bstride + src[:, None] * C + c[None, :], mask=keep & ~in_x, other=0.0)
+    v = v.to(tl.float32) + tl.load(ctx_ptr + b * ctx_bstride + src[:, None] * C + c[None, :],
+                                   mask=keep & ~in_x, other=0.0)
     tl.debug_barrier()
     tl.store(ctx_ptr + b * ctx_bstride + i[:, None] * C + c[None, :], v, mask=keep)
 
@@ -253,11 +254,13 @@ class FusedDecoder:
     finds in the packed state (the slices of `engine/batched_vocoder.py`, read as [L, C_in])."""
 
     def __init__(self, decoder: Decoder, operands: torch.dtype = torch.float16) -> None:
-        """operands: the products' operand type (float16, or float32 for TF32). The Snake before a block's transposed conv runs in the epilogue of the conv before it, whose
-        output nothing else reads (applied while loading, it was recomputed for each of the transposed
-        conv's many output tiles). The one before a unit's k1 conv runs while that conv loads (few
-        output tiles; in the k7 conv's epilogue it measured slower), and the one before a unit's k7
-        conv, whose input is also the residual, in the pass that writes [context; input] once."""
+        """operands: the products' operand type (float16, or float32 for TF32).
+
+        The Snake before a block's transposed conv and the one before a unit's k1 conv run in the
+        epilogue of the conv before them, whose output nothing else reads: it is stored in the operand
+        type, to which the next conv would round it anyway (applied while loading, the Snake was
+        recomputed for each of the next conv's output tiles). The one before a unit's k7 conv, whose
+        input is also the residual, runs in the pass that writes [context; input] once."""
         if operands not in (torch.float16, torch.float32):
             raise ValueError(f"the codec convs take float16 or float32 operands, not {operands}")
         plan = functools.partial(_plan, operands=operands)
@@ -269,8 +272,8 @@ class FusedDecoder:
             plans = []
             for j, u in enumerate(units):
                 feeds_up = j == len(units) - 1 and i + 1 < len(blocks)
-                plans.append((plan(u.block[1], u.block[0], snake_first=True),
-                              plan(u.block[3], u.block[2], out_snake=blocks[i + 1][0] if feeds_up else None)))
+                plans.append((plan(u.block[1], u.block[0], snake_first=True, out_snake=u.block[2]),
+                              plan(u.block[3], None, out_snake=blocks[i + 1][0] if feeds_up else None)))
             self.blocks.append((plan(up, None), plans))
         self.last = plan(layers[-2], layers[-3], snake_first=True, tanh=True)
         counters(self.first.weight.device)
@@ -297,7 +300,9 @@ class FusedDecoder:
             x = snake_after_context(x, ctx, plan.alpha, plan.context, plan.weight.dtype)
             ctx, alpha = x, None
         cout = plan.weight.shape[1]
-        y = torch.empty(batch, length, cout, dtype=torch.float32, device=x.device)
+        # snaked for the next conv, which reads it in its operand type; else float32
+        dtype = plan.weight.dtype if plan.out_alpha is not None else torch.float32
+        y = torch.empty(batch, length, cout, dtype=dtype, device=x.device)
         x_input = x[:, plan.context:] if plan.snake_first else x
         _launch_conv(plan, x_input, ctx, alpha, residual, y,
                      one_source=ctx is x and (plan.snake_first or plan.context == 0))
