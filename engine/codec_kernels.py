@@ -15,14 +15,12 @@ convolution is one implicit-GEMM kernel on tensor cores that
 
 A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
 s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
-Float32 in and out, float32 accumulation. The products take float16 operands by default: as many
-mantissa bits as the TF32 of cuDNN's default convolutions, rounded to nearest where TF32 operands are
-truncated (H100, real shapes: 1.2e-3 relative RMS error on the PCM against 3.2e-3 with TF32), at twice
-the tensor-core rate and half the weight bytes; `operands=torch.float32` runs them in TF32 (in IEEE
-float32 under the interpreter). The rearranged weights are a second copy next to the module's (~110 MB
-in float16 for the S2 Pro codec), which the one-shot decode and the encoder keep using. The input a
-k7 conv reads after the Snake pass is stored in the operand type: the conv would round it to that
-anyway.
+Float32 in and out, float32 accumulation, float16 operands by default: TF32's mantissa (cuDNN's
+default), rounded to nearest where TF32 operands are truncated (H100, real shapes: PCM error 1.2e-3
+relative RMS against 3.2e-3), at twice the tensor-core rate; `operands=torch.float32` runs them in
+TF32 (IEEE under the interpreter). A snaked input that only a conv reads is stored in the operand
+type, to which the conv would round it anyway. The rearranged weights are a second copy next to the
+module's (~110 MB in float16 for the S2 Pro codec), which the one-shot decode and the encoder use.
 Also here: the codec's Snake activation as one elementwise pass (`snake`, five kernels in torch), which
 the module path uses on CUDA. Tested against the module path (tests/test_codec_kernels.py,
 tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
@@ -241,10 +239,9 @@ def _alpha(snake: Snake1d | None) -> Tensor | None:
 def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, out_snake: Snake1d | None = None,
           tanh: bool = False, operands: torch.dtype = torch.float16) -> ConvPlan:
     weight, bias = conv_weights(module)
-    weight = weight.to(operands)
     is_conv = isinstance(module, CausalConv1d)
     assert out_snake is None or is_conv, "an output Snake needs one output channel per column"
-    return ConvPlan(module, weight, bias, module.conv.dilation[0] if is_conv else 1,
+    return ConvPlan(module, weight.to(operands), bias, module.conv.dilation[0] if is_conv else 1,
                     module.left_pad if is_conv else 1, 1 if is_conv else module.stride,
                     _alpha(snake), snake_first, _alpha(out_snake), tanh)
 
