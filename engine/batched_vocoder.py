@@ -3,11 +3,13 @@
 With continuous batching, streams join and leave at different times and sit at different positions,
 so lockstep batching (`StreamingDecoder` with B rows) does not apply. `SlotVocoder` keeps the carried
 decoder state of up to `max_slots` streams in fixed tensors indexed by slot: `state [max_slots, S]`
-packs, per row, every conv's left context, every transposed conv's previous input frames and the
-post-quantizer transformer's last `window - 1` keys/values per layer; `positions [max_slots]` counts
-the frames each row's stream has decoded. `push` gathers the listed rows, decodes them in one batched
-pass (the layer walk of `engine/vocoder.py`) and scatters their new state back; other rows are
-untouched. Shapes depend only on (B, n) and nothing syncs with the host, so `push` can be captured
+packs, per row, the post-quantizer transformer's keys/values of its last `window - 1` positions per
+layer (first, in ring order: position p in entry p mod (window-1)), every conv's left context and
+every transposed conv's previous input frames; `positions [max_slots]` counts the frames each row's
+stream has decoded. `push` gathers the listed rows' conv contexts, decodes them in one batched pass
+(the layer walk of `engine/vocoder.py`) and scatters the contexts back; the transformer's keys are
+gathered and scattered the same way on the module path, and read and advanced where they lie by
+`engine/window_attention.py` on the fused one. Other rows are untouched. Shapes depend only on (B, n) and nothing syncs with the host, so `push` can be captured
 in a CUDA graph per (B, n) with static `slots` / `codes` buffers.
 
 On CUDA (float32) the decoder part runs through the fused kernels of `engine/codec_kernels.py` (float16
@@ -32,8 +34,9 @@ from torch import Tensor, nn
 
 from engine.codec_kernels import FusedDecoder
 from engine.models.codec import Codec
-from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
+from engine.models.codec_layers import WindowedTransformer, apply_rope, rope_cos_sin, window_mask
 from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
+from engine.window_attention import window_attention
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,11 @@ class StateSlice:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def view(self, rows: Tensor) -> Tensor:
-        """rows [B, S] -> this layer's state [B, *shape], a view (writes land in `rows`)."""
-        return rows[:, self.start:self.start + self.numel].view(rows.shape[0], *self.shape)
+    def view(self, rows: Tensor, base: int = 0) -> Tensor:
+        """rows [B, S - base] (the state from column `base` on) -> this layer's state [B, *shape], a
+        view (writes land in `rows`)."""
+        start = self.start - base
+        return rows[:, start:start + self.numel].view(rows.shape[0], *self.shape)
 
 
 def _row_state_shape(module: nn.Module) -> tuple[int, ...]:
@@ -60,30 +65,58 @@ def _row_state_shape(module: nn.Module) -> tuple[int, ...]:
 
 
 def state_layout(codec: Codec) -> dict[nn.Module, StateSlice]:
-    """One slice per stateful decode layer (empty ones too, so every layer takes the same path)."""
+    """One slice per stateful decode layer (empty ones too, so every layer takes the same path); the
+    windowed transformer's come first (`SlotVocoder` gathers only what follows them)."""
+    modules = [m for top in decode_modules(codec) for m in top.modules() if isinstance(m, STATEFUL)]
+    modules.sort(key=lambda m: not isinstance(m, WindowedTransformer))  # stable
     layout, start = {}, 0
-    for top in decode_modules(codec):
-        for module in top.modules():
-            if isinstance(module, STATEFUL):
-                layout[module] = StateSlice(start, _row_state_shape(module))
-                start += layout[module].numel
+    for module in modules:
+        layout[module] = StateSlice(start, _row_state_shape(module))
+        start += layout[module].numel
     return layout
+
+
+def _row_rope(module: WindowedTransformer, pos: Tensor, num_new: int) -> Tensor:
+    """[B, n, D/2, 2]: each row's RoPE at its own positions pos[b] .. pos[b]+n-1."""
+    positions = pos[:, None] + torch.arange(num_new, device=pos.device)  # [B, n]
+    return rope_cos_sin(positions.flatten(), module.head_dim, module.rope_base).unflatten(0, positions.shape)
 
 
 def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor) -> Tensor:
     """x [B, C, n] of streams at positions pos[b] .. pos[b]+n-1 -> [B, C, n]. `kv` [B, layers, 2, H,
-    window-1, D] holds each row's keys/values of the window-1 positions before pos[b] (whatever lies
-    before its stream start is masked) and is advanced in place."""
+    window-1, D] holds each row's keys/values of the window-1 positions before pos[b] in ring order
+    (whatever lies before its stream start is masked) and is advanced in place."""
     h = x.transpose(1, 2)  # [B, n, C]
-    num_new = h.shape[1]
-    positions = pos[:, None] + torch.arange(num_new, device=pos.device)  # [B, n]
-    rope = rope_cos_sin(positions.flatten(), module.head_dim, module.rope_base)
-    rope = rope.unflatten(0, positions.shape)  # [B, n, D/2, 2]
+    num_new, ring = h.shape[1], module.window - 1
+    rope = _row_rope(module, pos, num_new)
     mask = window_mask(pos[:, None, None], num_new, module.window, pos.device)[:, None]  # [B, 1, n, W-1+n]
+    # entry of each position in time order: before the push pos-ring .. pos-1, after it pos+n-ring ..
+    shape = (-1, 1, 1, ring, 1)
+    before = ((pos[:, None] + torch.arange(ring, device=pos.device)) % ring).view(shape).expand_as(kv[:, 0])
+    after = ((before + num_new) % ring)
     for i, layer in enumerate(module.layers):
-        h, k, v = layer(h, rope, mask, kv[:, i, 0], kv[:, i, 1])  # k, v [B, H, W-1+n, D]
-        kv[:, i, 0].copy_(k[:, :, num_new:])
-        kv[:, i, 1].copy_(v[:, :, num_new:])
+        past = kv[:, i].gather(3, before)  # [B, 2, H, ring, D] in time order
+        h, k, v = layer(h, rope, mask, past[:, 0], past[:, 1])  # k, v [B, H, ring+n, D]
+        kv[:, i].scatter_(3, after, torch.stack([k[:, :, num_new:], v[:, :, num_new:]], 1))
+    return module.norm(h).transpose(1, 2)
+
+
+def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, start: int, slots: Tensor,
+                      pos: Tensor) -> Tensor:
+    """`window_step` with the attention of `engine/window_attention.py`, which reads each row's keys
+    and values in its slot's row of `state` (from column `start`) and advances them there. The rest is
+    TransformerLayer.forward."""
+    h = x.transpose(1, 2)  # [B, n, C]
+    rope = _row_rope(module, pos, h.shape[1])
+    heads, dim = module.layers[0].attention.n_head, module.head_dim
+    per_layer = 2 * heads * (module.window - 1) * dim
+    for i, layer in enumerate(module.layers):
+        attention = layer.attention
+        q, k, v = attention.wqkv(layer.attention_norm(h)).unflatten(-1, (3, heads, dim)).unbind(2)  # [B, n, H, D]
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        a = window_attention(q, k, v, state, slots, pos, start + i * per_layer, module.window)
+        h = h + layer.attention_layer_scale(attention.wo(a.flatten(-2)))
+        h = h + layer.ffn_layer_scale(layer.feed_forward(layer.ffn_norm(h)))
     return module.norm(h).transpose(1, 2)
 
 
@@ -122,6 +155,10 @@ class SlotVocoder:
             raise ValueError("the fused codec decoder runs in float32")
         # Its convs keep their context as [L, C_in] (channels-last) in the same slices.
         self.fused = FusedDecoder(codec.decoder) if fused else None
+        # where the state a push gathers begins: after the transformer's keys, which the fused path
+        # reads where they lie
+        windows = [s for m, s in self.layout.items() if isinstance(m, WindowedTransformer)]
+        self.gathered_from = sum(s.numel for s in windows) if fused else 0
         self.state = torch.zeros(max_slots, row_numel, dtype=codec.dtype, device=device)
         self.positions = torch.zeros(max_slots, dtype=torch.long, device=device)  # frames decoded
 
@@ -141,9 +178,10 @@ class SlotVocoder:
         if batch == 0 or num_frames == 0:
             return torch.zeros(batch, num_frames * self.codec.config.hop_length,
                                dtype=self.codec.dtype, device=self.state.device)
-        rows = self.state.index_select(0, slots)  # [B, S], advanced in place by the layers
+        gathered = self.state[:, self.gathered_from:]
+        rows = gathered.index_select(0, slots)  # [B, S'], advanced in place by the layers
         pos = self.positions.index_select(0, slots)  # [B]
-        step = lambda module, x: self._step(module, x, rows, pos)  # noqa: E731
+        step = lambda module, x: self._step(module, x, rows, slots, pos)  # noqa: E731
         if self.fused is None:
             audio = stream_decode(self.codec, codes, step)
         else:
@@ -151,14 +189,19 @@ class SlotVocoder:
             with _tf32_matmuls():
                 for module in decode_modules(self.codec)[:-1]:
                     z = stream_through(module, z, step)
-            contexts = {m: rows[:, s.start:s.start + s.numel] for m, s in self.layout.items()}
+            start = self.gathered_from
+            contexts = {m: rows[:, s.start - start:s.start - start + s.numel]
+                        for m, s in self.layout.items() if s.start >= start}
             audio = self.fused.run(z.transpose(1, 2).contiguous(), contexts)
-        self.state.index_copy_(0, slots, rows)
+        gathered.index_copy_(0, slots, rows)
         self.positions.index_copy_(0, slots, pos + num_frames)
         return audio
 
-    def _step(self, module: nn.Module, x: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
-        state = self.layout[module].view(rows)
+    def _step(self, module: nn.Module, x: Tensor, rows: Tensor, slots: Tensor, pos: Tensor) -> Tensor:
+        where = self.layout[module]
+        if isinstance(module, WindowedTransformer) and self.fused is not None:
+            return fused_window_step(module, x, self.state, where.start, slots, pos)
+        state = where.view(rows, self.gathered_from)
         if isinstance(module, WindowedTransformer):
             return window_step(module, x, state, pos)
         y, context = module.step(x, state)

@@ -1,0 +1,92 @@
+"""The codec transformer's sliding-window attention for streams in vocoder slots, read in place (Triton).
+
+`engine/batched_vocoder.py` keeps each slot's keys and values of its last window-1 positions in the
+slot's row of the packed state, in ring order: position p sits in entry p mod (window-1). Reading them
+with a gathered copy of every pushed row, concatenating the new keys, attending and writing the
+shifted window back moved each row's 8.3 MB of S2 Pro codec keys and values about six times a push.
+Here one program per (row, head) reads its slot's ring where it lies, attends the row's new queries
+to it and to the new keys (causal), then stores the new keys and values over the entries of the
+positions that left the window. Float32 throughout, like the module path (IEEE products).
+Tested against the module path's attention (tests/test_codec_kernels.py; on CPU through
+TRITON_INTERPRET=1) and, through the fused pushes, against `Codec.decode`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+BLOCK_E = 32  # ring entries per step of the online softmax
+
+
+@triton.jit
+def _softmax_step(scores, visible, v, m, s, acc):
+    """Fold one block of scores [N, E] (where visible) and values [E, D] into the running (m, s, acc).
+    Every row has seen at least one visible key before (its own), so m is finite."""
+    scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m, tl.max(scores, axis=1))
+    p = tl.exp(scores - m_new[:, None])
+    alpha = tl.exp(m - m_new)
+    acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+    return m_new, s * alpha + tl.sum(p, axis=1), acc
+
+
+@triton.jit
+def _window_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, state_ptr, slots_ptr, pos_ptr, num_new, row_stride,
+                             layer_start, scale, HEADS: tl.constexpr, RING: tl.constexpr, D: tl.constexpr,
+                             BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+    """q, k, v, out [B, n, HEADS, D]; the slot's ring at state[slot, layer_start:] as [2, HEADS, RING, D]."""
+    b = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    slot = tl.load(slots_ptr + b)
+    p0 = tl.load(pos_ptr + b)  # position of the first new query
+    j = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, D)
+    new = j < num_new
+    at = ((b * num_new + j) * HEADS + head)[:, None] * D + d[None, :]
+    q = tl.load(q_ptr + at, mask=new[:, None], other=0.0) * scale
+    k_new = tl.load(k_ptr + at, mask=new[:, None], other=0.0)
+    v_new = tl.load(v_ptr + at, mask=new[:, None], other=0.0)
+    # the new keys first: each query sees itself, so the running maximum is finite from here on
+    scores = tl.dot(q, tl.trans(k_new), input_precision="ieee")  # [N, N]
+    visible = (j[None, :] <= j[:, None]) & (j[None, :] >= j[:, None] - RING) & new[None, :]
+    visible |= ~new[:, None]  # padding rows (never stored) see something too: no 0/0
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    m, s, acc = _softmax_step(scores, visible, v_new, m, tl.zeros((BLOCK_N,), tl.float32),
+                              tl.zeros((BLOCK_N, D), tl.float32))
+    ring_k = state_ptr + slot * row_stride + layer_start + head * RING * D
+    ring_v = ring_k + HEADS * RING * D
+    oldest = p0 % RING  # the entry of position p0 - RING
+    for e0 in range(0, RING, BLOCK_E):
+        e = e0 + tl.arange(0, BLOCK_E)
+        in_ring = e < RING
+        k = tl.load(ring_k + e[:, None] * D + d[None, :], mask=in_ring[:, None], other=0.0)
+        v = tl.load(ring_v + e[:, None] * D + d[None, :], mask=in_ring[:, None], other=0.0)
+        k_pos = p0 - RING + (e - oldest + RING) % RING
+        # keys before the stream's start (zeros, or an earlier stream's) and out of the window are hidden
+        visible = (in_ring & (k_pos >= 0))[None, :] & (k_pos[None, :] >= (p0 + j)[:, None] - RING)
+        scores = tl.dot(q, tl.trans(k), input_precision="ieee")
+        m, s, acc = _softmax_step(scores, visible, v, m, s, acc)
+    tl.store(out_ptr + at, acc / s[:, None], mask=new[:, None])
+    tl.debug_barrier()  # every read of the ring is done before the new keys overwrite it
+    entry = ((p0 + j) % RING)[:, None] * D + d[None, :]
+    kept = (new & (j >= num_new - RING))[:, None]  # more new positions than entries: the last RING
+    tl.store(ring_k + entry, k_new, mask=kept)
+    tl.store(ring_v + entry, v_new, mask=kept)
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slots: Tensor, pos: Tensor,
+                     layer_start: int, window: int) -> Tensor:
+    """q, k, v [B, n, H, D] float32 (RoPE applied) of the streams in `slots` [B] at positions pos[b] ..
+    pos[b]+n-1 -> attention output [B, n, H, D]. Query pos[b]+j sees the keys of positions
+    pos[b]+j-window+1 .. pos[b]+j from 0 on: the earlier ones from the ring at
+    state[slots[b], layer_start:] ([2, H, window-1, D], ring order), which then takes k and v."""
+    batch, num_new, heads, dim = q.shape
+    ring = window - 1
+    out = torch.empty_like(q)
+    _window_attention_kernel[(batch, heads)](
+        q.contiguous(), k.contiguous(), v.contiguous(), out, state, slots, pos, num_new, state.stride(0),
+        layer_start, dim ** -0.5, HEADS=heads, RING=ring, D=dim, BLOCK_N=max(16, triton.next_power_of_2(num_new)),
+        BLOCK_E=BLOCK_E, num_warps=4)
+    return out
