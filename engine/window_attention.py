@@ -65,9 +65,8 @@ def _window_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, state_ptr, slots_ptr,
         v = tl.load(ring_v + e[:, None] * D + d[None, :], mask=in_ring[:, None], other=0.0)
         k_pos = p0 - RING + (e - oldest + RING) % RING
         # keys before the stream's start (zeros, or an earlier stream's) and out of the window are hidden
-        visible = (in_ring & (k_pos >= 0))[None, :] & (k_pos[None, :] >= (p0 + j)[:, None] - RING)
-        scores = tl.dot(q, tl.trans(k), input_precision="ieee")
-        m, s, acc = _softmax_step(scores, visible, v, m, s, acc)
+        seen = (in_ring & (k_pos >= 0))[None, :] & (k_pos[None, :] >= (p0 + j)[:, None] - RING)
+        m, s, acc = _softmax_step(tl.dot(q, tl.trans(k), input_precision="ieee"), seen, v, m, s, acc)
     tl.store(out_ptr + at, acc / s[:, None], mask=new[:, None])
     tl.debug_barrier()  # every read of the ring is done before the new keys overwrite it
     entry = ((p0 + j) % RING)[:, None] * D + d[None, :]
