@@ -9,13 +9,14 @@ every transposed conv's previous input frames; `positions [max_slots]` counts th
 stream has decoded. `push` gathers the listed rows' conv contexts, decodes them in one batched pass
 (the layer walk of `engine/vocoder.py`) and scatters the contexts back; the transformer's keys are
 gathered and scattered the same way on the module path, and read and advanced where they lie by
-`engine/window_attention.py` on the fused one. Other rows are untouched. Shapes depend only on (B, n) and nothing syncs with the host, so `push` can be captured
-in a CUDA graph per (B, n) with static `slots` / `codes` buffers.
+`engine/window_attention.py` on the fused one. Other rows are untouched. Shapes depend only on
+(B, n) and nothing syncs with the host, so `push` can be captured in a CUDA graph per (B, n) with
+static `slots` / `codes` buffers.
 
 On CUDA (float32) the decoder part runs through the fused kernels of `engine/codec_kernels.py` (float16
 products, float32 activations), whose convolutions keep their context in the same slices as [L, C_in]
-rows (channels-last); the transformer and the upsampling blocks before it take the layer walk either
-way.
+rows (channels-last); the transformer (its attention in `engine/window_attention.py`) and the
+upsampling blocks before it take the layer walk either way.
 
 Exact per row: upstream numbers transformer positions from 0 within each stream and its RoPE tables
 are bf16-rounded, so each row's RoPE is computed at its own positions; each row's attention mask hides
