@@ -94,7 +94,7 @@ def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor)
     # entry of each position in time order: before the push pos-ring .. pos-1, after it pos+n-ring ..
     shape = (-1, 1, 1, ring, 1)
     before = ((pos[:, None] + torch.arange(ring, device=pos.device)) % ring).view(shape).expand_as(kv[:, 0])
-    after = ((before + num_new) % ring)
+    after = (before + num_new) % ring
     for i, layer in enumerate(module.layers):
         past = kv[:, i].gather(3, before)  # [B, 2, H, ring, D] in time order
         h, k, v = layer(h, rope, mask, past[:, 0], past[:, 1])  # k, v [B, H, ring+n, D]
