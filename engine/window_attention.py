@@ -7,8 +7,9 @@ shifted window back moved each row's 8.3 MB of S2 Pro codec keys and values abou
 Here one program per (row, head) reads its slot's ring where it lies, attends the row's new queries
 to it and to the new keys (causal), then stores the new keys and values over the entries of the
 positions that left the window. Float32 throughout, like the module path (IEEE products).
-Tested against the module path's attention (tests/test_codec_kernels.py; on CPU through
-TRITON_INTERPRET=1) and, through the fused pushes, against `Codec.decode`.
+Tested against the module path's attention (tests/test_window_attention.py; on CPU through
+TRITON_INTERPRET=1) and, through the fused pushes, against the module path's decode
+(tests/test_codec_kernels.py).
 """
 from __future__ import annotations
 
