@@ -102,20 +102,20 @@ def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor)
     return module.norm(h).transpose(1, 2)
 
 
-def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, start: int, slots: Tensor,
+def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, where: StateSlice, slots: Tensor,
                       pos: Tensor) -> Tensor:
     """`window_step` with the attention of `engine/window_attention.py`, which reads each row's keys
-    and values in its slot's row of `state` (from column `start`) and advances them there. The rest is
+    and values in its slot's row of `state` (the slice `where`) and advances them there. The rest is
     TransformerLayer.forward."""
     h = x.transpose(1, 2)  # [B, n, C]
     rope = _row_rope(module, pos, h.shape[1])
     heads, dim = module.layers[0].attention.n_head, module.head_dim
-    per_layer = 2 * heads * (module.window - 1) * dim
+    per_layer = where.numel // len(module.layers)  # the layout's (layer, k|v, H, window-1, D)
     for i, layer in enumerate(module.layers):
         attention = layer.attention
         q, k, v = attention.wqkv(layer.attention_norm(h)).unflatten(-1, (3, heads, dim)).unbind(2)  # [B, n, H, D]
         q, k = apply_rope(q, rope), apply_rope(k, rope)
-        a = window_attention(q, k, v, state, slots, pos, start + i * per_layer, module.window)
+        a = window_attention(q, k, v, state, slots, pos, where.start + i * per_layer, module.window)
         h = h + layer.attention_layer_scale(attention.wo(a.flatten(-2)))
         h = h + layer.ffn_layer_scale(layer.feed_forward(layer.ffn_norm(h)))
     return module.norm(h).transpose(1, 2)
@@ -201,7 +201,7 @@ class SlotVocoder:
     def _step(self, module: nn.Module, x: Tensor, rows: Tensor, slots: Tensor, pos: Tensor) -> Tensor:
         where = self.layout[module]
         if isinstance(module, WindowedTransformer) and self.fused is not None:
-            return fused_window_step(module, x, self.state, where.start, slots, pos)
+            return fused_window_step(module, x, self.state, where, slots, pos)
         state = where.view(rows, self.gathered_from)
         if isinstance(module, WindowedTransformer):
             return window_step(module, x, state, pos)
