@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from engine.codec_kernels import FusedDecoder
 from engine.models.codec import Codec
-from engine.models.codec_layers import WindowedTransformer, apply_rope, rope_cos_sin, window_mask
+from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
 from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
 from engine.window_attention import window_attention
 
@@ -113,9 +113,8 @@ def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, whe
     per_layer = where.numel // len(module.layers)  # the layout's (layer, k|v, H, window-1, D)
     for i, layer in enumerate(module.layers):
         attention = layer.attention
-        q, k, v = attention.wqkv(layer.attention_norm(h)).unflatten(-1, (3, heads, dim)).unbind(2)  # [B, n, H, D]
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        a = window_attention(q, k, v, state, slots, pos, where.start + i * per_layer, module.window)
+        qkv = attention.wqkv(layer.attention_norm(h)).unflatten(-1, (3, heads, dim))  # [B, n, 3, H, D]
+        a = window_attention(qkv, rope, state, slots, pos, where.start + i * per_layer, module.window)
         h = h + layer.attention_layer_scale(attention.wo(a.flatten(-2)))
         h = h + layer.ffn_layer_scale(layer.feed_forward(layer.ffn_norm(h)))
     return module.norm(h).transpose(1, 2)

@@ -4,16 +4,16 @@
 slot's row of the packed state, in ring order: position p sits in entry p mod (window-1). Reading them
 with a gathered copy of every pushed row, concatenating the new keys, attending and writing the
 shifted window back moved each row's 8.3 MB of S2 Pro codec keys and values about six times a push.
-Here one program per (row, head) reads its slot's ring where it lies, attends the row's new queries
-to it and to the new keys (causal), then stores the new keys and values over the entries of the
-positions that left the window. Float32 throughout, like the module path (IEEE products).
-Tested against the module path's attention (tests/test_window_attention.py; on CPU through
-TRITON_INTERPRET=1) and, through the fused pushes, against the module path's decode
-(tests/test_codec_kernels.py).
+Here one program per (row, head) takes its new queries, keys and values straight from the qkv
+projection's output, applies RoPE to them (ten torch kernels a layer before), reads its slot's ring
+where it lies, attends the new queries to it and to the new keys (causal), then stores the new keys
+and values over the entries of the positions that left the window. Float32 throughout, like the
+module path (IEEE products). Tested against the module path's attention
+(tests/test_window_attention.py; on CPU through TRITON_INTERPRET=1) and, through the fused pushes,
+against the module path's decode (tests/test_codec_kernels.py).
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -34,10 +34,18 @@ def _softmax_step(scores, visible, v, m, s, acc):
 
 
 @triton.jit
-def _window_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, state_ptr, slots_ptr, pos_ptr, num_new, row_stride,
+def _rotate(x, cos, sin, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """RoPE of interleaved pairs (x[2i], x[2i+1]) as codec_layers.apply_rope: x [N, D], cos/sin [N, D/2]."""
+    even, odd = tl.split(tl.reshape(x, (BLOCK_N, D // 2, 2)))
+    return tl.reshape(tl.join(even * cos - odd * sin, odd * cos + even * sin), (BLOCK_N, D))
+
+
+@triton.jit
+def _window_attention_kernel(qkv_ptr, rope_ptr, out_ptr, state_ptr, slots_ptr, pos_ptr, num_new, row_stride,
                              layer_start, scale, HEADS: tl.constexpr, RING: tl.constexpr, D: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
-    """q, k, v, out [B, n, HEADS, D]; the slot's ring at state[slot, layer_start:] as [2, HEADS, RING, D]."""
+    """qkv [B, n, 3, HEADS, D] before RoPE; rope [B, n, D/2, 2]; out [B, n, HEADS, D]; the slot's ring
+    at state[slot, layer_start:] as [2, HEADS, RING, D]."""
     b = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     slot = tl.load(slots_ptr + b)
@@ -45,10 +53,14 @@ def _window_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, state_ptr, slots_ptr,
     j = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
     new = j < num_new
-    at = ((b * num_new + j) * HEADS + head)[:, None] * D + d[None, :]
-    q = tl.load(q_ptr + at, mask=new[:, None], other=0.0) * scale
-    k_new = tl.load(k_ptr + at, mask=new[:, None], other=0.0)
-    v_new = tl.load(v_ptr + at, mask=new[:, None], other=0.0)
+    token = b * num_new + j
+    at = (token * 3 * HEADS + head)[:, None] * D + d[None, :]  # q of (b, j, head); k and v follow
+    half = (token * D)[:, None] + 2 * tl.arange(0, D // 2)[None, :]  # [N, D/2] (cos, sin) pairs
+    cos = tl.load(rope_ptr + half, mask=new[:, None], other=1.0)
+    sin = tl.load(rope_ptr + half + 1, mask=new[:, None], other=0.0)
+    q = _rotate(tl.load(qkv_ptr + at, mask=new[:, None], other=0.0), cos, sin, BLOCK_N, D) * scale
+    k_new = _rotate(tl.load(qkv_ptr + at + HEADS * D, mask=new[:, None], other=0.0), cos, sin, BLOCK_N, D)
+    v_new = tl.load(qkv_ptr + at + 2 * HEADS * D, mask=new[:, None], other=0.0)
     # the new keys first: each query sees itself, so the running maximum is finite from here on
     scores = tl.dot(q, tl.trans(k_new), input_precision="ieee")  # [N, N]
     visible = (j[None, :] <= j[:, None]) & (j[None, :] >= j[:, None] - RING) & new[None, :]
@@ -68,7 +80,7 @@ def _window_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, state_ptr, slots_ptr,
         # keys before the stream's start (zeros, or an earlier stream's) and out of the window are hidden
         seen = (in_ring & (k_pos >= 0))[None, :] & (k_pos[None, :] >= (p0 + j)[:, None] - RING)
         m, s, acc = _softmax_step(tl.dot(q, tl.trans(k), input_precision="ieee"), seen, v, m, s, acc)
-    tl.store(out_ptr + at, acc / s[:, None], mask=new[:, None])
+    tl.store(out_ptr + (token * HEADS + head)[:, None] * D + d[None, :], acc / s[:, None], mask=new[:, None])
     tl.debug_barrier()  # every read of the ring is done before the new keys overwrite it
     entry = ((p0 + j) % RING)[:, None] * D + d[None, :]
     kept = (new & (j >= num_new - RING))[:, None]  # more new positions than entries: the last RING
@@ -76,17 +88,18 @@ def _window_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, state_ptr, slots_ptr,
     tl.store(ring_v + entry, v_new, mask=kept)
 
 
-def window_attention(q: Tensor, k: Tensor, v: Tensor, state: Tensor, slots: Tensor, pos: Tensor,
-                     layer_start: int, window: int) -> Tensor:
-    """q, k, v [B, n, H, D] float32 (RoPE applied) of the streams in `slots` [B] at positions pos[b] ..
-    pos[b]+n-1 -> attention output [B, n, H, D]. Query pos[b]+j sees the keys of positions
+def window_attention(qkv: Tensor, rope: Tensor, state: Tensor, slots: Tensor, pos: Tensor, layer_start: int,
+                     window: int) -> Tensor:
+    """qkv [B, n, 3, H, D] float32 (the projection's output, before RoPE) of the streams in `slots` [B]
+    at positions pos[b] .. pos[b]+n-1, rope [B, n, D/2, 2] their (cos, sin) -> attention output
+    [B, n, H, D]. RoPE is applied to q and k here. Query pos[b]+j sees the keys of positions
     pos[b]+j-window+1 .. pos[b]+j from 0 on: the earlier ones from the ring at
     state[slots[b], layer_start:] ([2, H, window-1, D], ring order), which then takes k and v."""
-    batch, num_new, heads, dim = q.shape
+    batch, num_new, _, heads, dim = qkv.shape
     ring = window - 1
-    out = torch.empty_like(q)
+    out = qkv.new_empty(batch, num_new, heads, dim)
     _window_attention_kernel[(batch, heads)](
-        q.contiguous(), k.contiguous(), v.contiguous(), out, state, slots, pos, num_new, state.stride(0),
+        qkv.contiguous(), rope.contiguous(), out, state, slots, pos, num_new, state.stride(0),
         layer_start, dim ** -0.5, HEADS=heads, RING=ring, D=dim, BLOCK_N=max(16, triton.next_power_of_2(num_new)),
         BLOCK_E=BLOCK_E, num_warps=4)
     return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models.codec_layers import window_mask
+from engine.models.codec_layers import apply_rope, rope_cos_sin, window_mask
 from engine.window_attention import window_attention
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,12 +40,20 @@ def test_window_attention_equals_module_path(num_new: int) -> None:
     pos = torch.tensor([0, 2, 17], device=DEVICE)  # a fresh stream, one inside its first ring, one far on
     layer = 1
     start = 7 + layer * per_layer
-    q, k, v = (torch.randn(3, num_new, heads, dim, device=DEVICE) for _ in range(3))
+    qkv = torch.randn(3, num_new, 3, heads, dim, device=DEVICE)
+    positions = pos[:, None] + torch.arange(num_new, device=DEVICE)
+    rope = rope_cos_sin(positions.flatten(), dim, 10000.0).unflatten(0, positions.shape)  # [B, n, D/2, 2]
+    q, k, v = qkv.unbind(2)
     rings = state[slots, start:start + per_layer].view(3, 2, heads, ring, dim)
-    want, advanced = reference(q, k, v, rings, pos, window)
+    want, advanced = reference(apply_rope(q, rope), apply_rope(k, rope), v, rings, pos, window)
     before = state.clone()
-    got = window_attention(q, k, v, state, slots, pos, start, window)
+    got = window_attention(qkv, rope, state, slots, pos, start, window)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     expected = before.clone()
     expected[slots, start:start + per_layer] = advanced.flatten(1)
-    torch.testing.assert_close(state, expected, atol=0, rtol=0)  # the rest of every row untouched
+    # keys rotated here may differ from apply_rope's in the last bit; the rest of every row is untouched
+    torch.testing.assert_close(state, expected, atol=1e-6, rtol=1e-6)
+    assert torch.equal(state[:, :start], before[:, :start]) and torch.equal(state[:, start + per_layer:],
+                                                                            before[:, start + per_layer:])
+    others = [s for s in range(slots_total) if s not in slots.tolist()]
+    assert torch.equal(state[others], before[others])
