@@ -1,4 +1,5 @@
-"""A transformer stack run with the fused kernels of kernels.py (CUDA; the CPU path is layers.py).
+"""A transformer stack run with the fused kernels of kernels.py and projections.py (CUDA; the CPU path
+is layers.py).
 
 Per layer: add+norm, qkv matmul, q/k-norm+RoPE+KV store, attention, wo matmul, add+norm, [w1; w3]
 matmul, SwiGLU, w2 matmul: ~10 kernels where the module-by-module path launches ~45. The residual add
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from engine import kernels
+from engine import kernels, projections
 from engine.config import TransformerConfig
 from engine.models.layers import RMSNorm
 
@@ -73,11 +74,11 @@ class FusedStack:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h, n = kernels.add_rmsnorm(h, delta, layer.attn_norm, eps)
-            q = kernels.qk_rope_write(kernels.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps, self.rope,
-                                      positions, slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
+            q = kernels.qk_rope_write(projections.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps,
+                                      self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
             if kv_only_last and i == last:
                 return None
-            delta = kernels.linear(attend(i, q).flatten(1), layer.wo)
+            delta = projections.linear(attend(i, q).flatten(1), layer.wo)
             h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
-            delta = kernels.linear(kernels.linear(n, layer.w13, swiglu=True), layer.w2)
+            delta = projections.linear(projections.linear(n, layer.w13, swiglu=True), layer.w2)
         return kernels.add_rmsnorm(h, delta, self.final_norm, eps)[1]

@@ -7,8 +7,8 @@ slot, so a frame is a pure tensor program over static inputs: that is what CUDA 
 (`cuda_graphs.py`). The host reads one [B, 11] tensor per frame.
 
 Two implementations of the same computation: the module path (models/*, sampler.py: CPU, the oracle)
-and on CUDA the fused path (fused_stack.py, kernels.py: ~10 kernels per layer, one per draw), which
-also serves prefill. Tests compare them (tests/test_kernels.py, tests/test_cuda.py).
+and on CUDA the fused path (fused_stack.py, kernels.py, projections.py: ~10 kernels per layer, one per
+draw), which also serves prefill. Tests compare them (tests/test_kernels.py, tests/test_cuda.py).
 """
 from __future__ import annotations
 
@@ -307,14 +307,14 @@ class ModelRunner:
 
     def _decode_frame_fused(self, inp: FrameInputs) -> Tensor:
         """decode_frame with the fused kernels: same draws, same outputs."""
-        from engine import kernels
+        from engine import kernels, projections
         from engine.sampling_kernel import sample_into
         model, mc = self.model, self.model.cfg
         batch = inp.slots.shape[0]
         h = self.hidden[inp.slots]
         out = torch.empty((batch, mc.num_codebooks + 1), dtype=torch.long, device=self.device)
         assert DRAW_SLOW_RAS == DRAW_SLOW + 1
-        sample_into(kernels.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
+        sample_into(projections.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
                     recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
         tables, k_fast, v_fast = self.fast_tables[:batch], self.k_fast_pools, self.v_fast_pools
         x = h
@@ -325,7 +325,7 @@ class ModelRunner:
                 lambda layer, q: self._paged(q, k_fast[layer], v_fast[layer], tables, lens, num_splits=1),
                 kv_only_last=pos == 0)  # position 0 (the slow hidden) only fills the fast cache
             if pos > 0:
-                sample_into(kernels.linear(hidden, model.audio_decoder.output.weight), inp.slots, inp.frames,
+                sample_into(projections.linear(hidden, model.audio_decoder.output.weight), inp.slots, inp.frames,
                             self.params, out, pos + 1, DRAW_FAST + pos)
             if pos < mc.num_codebooks - 1:
                 x = kernels.embed_rows(out[:, pos + 1], model.audio_decoder.embeddings.weight)

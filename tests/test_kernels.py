@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import codec_kernels, kernels
+from engine import codec_kernels, kernels, projections
 from engine.attention import PrefillSegment, paged_decode_reference, prefill_attention
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
@@ -270,13 +270,13 @@ def test_gemv_matches_linear(dtype, n, k) -> None:
     g = torch.Generator().manual_seed(n)
     x = torch.randn(1, k, generator=g).to(DEV, dtype)
     w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
-    assert kernels.gemv_tiles(n, k) is not None
-    torch.testing.assert_close(kernels.linear(x, w).float(), F.linear(x, w).float(),
+    assert projections.gemv_tiles(n, k) is not None
+    torch.testing.assert_close(projections.linear(x, w).float(), F.linear(x, w).float(),
                                **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
-    assert kernels.gemv_tiles(n, 1000) is None  # K that does not tile goes to F.linear
+    assert projections.gemv_tiles(n, 1000) is None  # K that does not tile goes to F.linear
     x2 = torch.randn(1, 1000, generator=g).to(DEV, dtype)
     w2 = torch.randn(n, 1000, generator=g).to(DEV, dtype)
-    assert torch.equal(kernels.linear(x2, w2), F.linear(x2, w2))
+    assert torch.equal(projections.linear(x2, w2), F.linear(x2, w2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -289,9 +289,9 @@ def test_swiglu_epilogue_equals_gate_after_product(dtype, rows, n, k) -> None:
     g = torch.Generator().manual_seed(rows + n)
     x = torch.randn(rows, k, generator=g).to(DEV, dtype)
     w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
-    got = kernels.linear(x, w, swiglu=True)
+    got = projections.linear(x, w, swiglu=True)
     assert got.shape == (rows, n // 2)
-    assert torch.equal(got, kernels.silu_mul(kernels.linear(x, w)))
+    assert torch.equal(got, kernels.silu_mul(projections.linear(x, w)))
     want = F.silu(F.linear(x, w[0::2])) * F.linear(x, w[1::2])
     torch.testing.assert_close(got.float(), want.float(),
                                **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
@@ -353,19 +353,26 @@ def test_paged_prefill_equals_module_prefill(dev_model) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,n,k", [(2, 70, 256), (8, 6100, 256), (16, 33, 256), (24, 70, 256),
-                                      (4, 10050, 384), (32, 10050, 256)])
-def test_gemm_rows_matches_linear(dtype, rows, n, k) -> None:
+@pytest.mark.parametrize("rows,n,k,split", [(2, 70, 256, 1), (8, 6100, 256, 1), (16, 33, 256, 1), (24, 70, 256, 1),
+                                            (4, 10050, 384, 1), (32, 10050, 256, 1), (3, 130, 4096, 8),
+                                            (24, 70, 8192, 1), (32, 70, 4096, 1), (16, 33, 4608, 4)])
+def test_gemm_rows_matches_linear(dtype, rows, n, k, split) -> None:
     """The few-row projection kernel (all tile shapes; two weight tiles loaded ahead from 10,000
-    outputs) against F.linear."""
+    outputs; K split over `split` programs per output tile) against F.linear. A split call sums its
+    partials in a fixed order: the same inputs give the same bits, and every tile's counter is back
+    at zero for the next call."""
+    assert projections.gemm_rows_tiles(rows, n, k, torch.empty(0, dtype=dtype).element_size()).split == split
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, k, generator=g).to(DEV, dtype)
     w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
-    got = kernels.gemm_rows(x, w)
-    assert got is not None
+    got = projections.gemm_rows(x, w)
+    assert got is not None and got.shape == (rows, n)
     torch.testing.assert_close(got.float(), F.linear(x, w).float(),
                                **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
-    assert kernels.gemm_rows(x[:, :200].contiguous(), w[:, :200].contiguous()) is None  # K does not tile
+    assert projections.gemm_rows(x[:, :200].contiguous(), w[:, :200].contiguous()) is None  # K does not tile
+    if split > 1:
+        assert torch.equal(projections.gemm_rows(x, w), got)
+        assert not projections._COUNTS[x.device].any()
 
 
 def test_fused_kernels_on_cpu_need_the_interpreter(tiny_model, monkeypatch) -> None:
