@@ -31,9 +31,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.codec_kernels import FusedDecoder
+from engine.fused_stack import fuse_gate_up
+from engine.kernels import add_rmsnorm, silu_mul
 from engine.models.codec import Codec
 from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
 from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
@@ -103,21 +106,29 @@ def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor)
 
 
 def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, where: StateSlice, slots: Tensor,
-                      pos: Tensor) -> Tensor:
-    """`window_step` with the attention of `engine/window_attention.py`, which reads each row's keys
-    and values in its slot's row of `state` (the slice `where`) and advances them there. The rest is
+                      pos: Tensor, gate_up: list[Tensor]) -> Tensor:
+    """`window_step` in nine kernels a layer: each residual add (with its layer scale) and the norm after
+    it in one, the matmuls, the attention of `engine/window_attention.py` (which reads each row's keys
+    and values in its slot's row of `state`, the slice `where`, and advances them there) and the SwiGLU
+    gate on the layer's `gate_up` matrix (`fused_stack.fuse_gate_up`). Same arithmetic as
     TransformerLayer.forward."""
-    h = x.transpose(1, 2)  # [B, n, C]
-    rope = _row_rope(module, pos, h.shape[1])
+    batch, _, num_new = x.shape
+    rows = x.transpose(1, 2).reshape(batch * num_new, -1)  # [B·n, C]
+    rope = _row_rope(module, pos, num_new)
     heads, dim = module.layers[0].attention.n_head, module.head_dim
     per_layer = where.numel // len(module.layers)  # the layout's (layer, k|v, H, window-1, D)
-    for i, layer in enumerate(module.layers):
-        attention = layer.attention
-        qkv = attention.wqkv(layer.attention_norm(h)).unflatten(-1, (3, heads, dim))  # [B, n, 3, H, D]
+    delta = scale = None
+    for i, (layer, w13) in enumerate(zip(module.layers, gate_up)):
+        attention, norm = layer.attention, layer.attention_norm
+        rows, h = add_rmsnorm(rows, delta, norm.weight, norm.eps, scale)
+        qkv = F.linear(h, attention.wqkv.weight).view(batch, num_new, 3, heads, dim)
         a = window_attention(qkv, rope, state, slots, pos, where.start + i * per_layer, module.window)
-        h = h + layer.attention_layer_scale(attention.wo(a.flatten(-2)))
-        h = h + layer.ffn_layer_scale(layer.feed_forward(layer.ffn_norm(h)))
-    return module.norm(h).transpose(1, 2)
+        delta, scale = F.linear(a.view(batch * num_new, -1), attention.wo.weight), layer.attention_layer_scale.gamma
+        rows, h = add_rmsnorm(rows, delta, layer.ffn_norm.weight, layer.ffn_norm.eps, scale)
+        delta = F.linear(silu_mul(F.linear(h, w13)), layer.feed_forward.w2.weight)
+        scale = layer.ffn_layer_scale.gamma
+    _, out = add_rmsnorm(rows, delta, module.norm.weight, module.norm.eps, scale)
+    return out.view(batch, num_new, -1).transpose(1, 2)
 
 
 @contextlib.contextmanager
@@ -159,6 +170,9 @@ class SlotVocoder:
         # reads where they lie
         windows = [s for m, s in self.layout.items() if isinstance(m, WindowedTransformer)]
         self.gathered_from = sum(s.numel for s in windows) if fused else 0
+        # each fused transformer layer's w1/w3 as one row-paired matrix (the modules keep views of it)
+        self.gate_up = {m: [fuse_gate_up(layer) for layer in m.layers]
+                        for m in self.layout if fused and isinstance(m, WindowedTransformer)}
         self.state = torch.zeros(max_slots, row_numel, dtype=codec.dtype, device=device)
         self.positions = torch.zeros(max_slots, dtype=torch.long, device=device)  # frames decoded
 
@@ -200,7 +214,7 @@ class SlotVocoder:
     def _step(self, module: nn.Module, x: Tensor, rows: Tensor, slots: Tensor, pos: Tensor) -> Tensor:
         where = self.layout[module]
         if isinstance(module, WindowedTransformer) and self.fused is not None:
-            return fused_window_step(module, x, self.state, where, slots, pos)
+            return fused_window_step(module, x, self.state, where, slots, pos, self.gate_up[module])
         state = where.view(rows, self.gathered_from)
         if isinstance(module, WindowedTransformer):
             return window_step(module, x, state, pos)

@@ -4,7 +4,7 @@ Each kernel computes what a chain of plain torch ops in `models/layers.py` compu
 rounding points (bf16 after each op that rounds in the reference), so a layer needs ~10 kernels
 instead of ~45: at decode batch sizes the time goes to kernel count, not arithmetic.
 
-    add_rmsnorm    h = x + delta (stored), out = RMSNorm(h) * weight
+    add_rmsnorm    h = x + delta [* layer scale] (stored), out = RMSNorm(h) * weight
     qk_rope_write  q/k RMSNorm (slow AR), interleaved RoPE, q out, k/v stored at pool slots
     silu_mul       SwiGLU gate on the fused w1|w3 projection (rows interleaved in pairs)
     frame_embed    the slow AR's input for a decode frame from (slow column, 10 codes)
@@ -36,6 +36,8 @@ if not INTERPRET and torch.cuda.is_available() and torch.cuda.get_device_capabil
     except ImportError:
         pass
 LAUNCH = {"launch_pdl": True, "PDL": True} if PDL else {"PDL": False}
+# a product then a sum, each rounded as torch rounds them (no fused multiply-add)
+NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -47,8 +49,8 @@ def _after_previous(PDL: tl.constexpr):
 
 
 @triton.jit
-def _add_rmsnorm_kernel(x_ptr, d_ptr, h_ptr, out_ptr, w_ptr, dim, eps,
-                        HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _add_rmsnorm_kernel(x_ptr, d_ptr, s_ptr, h_ptr, out_ptr, w_ptr, dim, eps, HAS_DELTA: tl.constexpr,
+                        HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     _after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -56,6 +58,8 @@ def _add_rmsnorm_kernel(x_ptr, d_ptr, h_ptr, out_ptr, w_ptr, dim, eps,
     x = tl.load(x_ptr + row * dim + cols, mask=mask, other=0.0)
     if HAS_DELTA:
         d = tl.load(d_ptr + row * dim + cols, mask=mask, other=0.0)
+        if HAS_SCALE:  # a layer scale, rounded as the module's delta * gamma
+            d = (d.to(tl.float32) * tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(d.dtype)
         x = (x.to(tl.float32) + d.to(tl.float32)).to(h_ptr.dtype.element_ty)
         tl.store(h_ptr + row * dim + cols, x, mask=mask)
     xf = x.to(tl.float32)
@@ -65,14 +69,17 @@ def _add_rmsnorm_kernel(x_ptr, d_ptr, h_ptr, out_ptr, w_ptr, dim, eps,
     tl.store(out_ptr + row * dim + cols, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def add_rmsnorm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(h, RMSNorm(h) * weight) with h = x + delta (h is x when delta is None). x/delta [N, dim]."""
+def add_rmsnorm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float,
+                scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(h, RMSNorm(h) * weight) with h = x + delta, or x + delta * scale [dim] (a layer scale); h is x
+    when delta is None. x/delta [N, dim]."""
     n, dim = x.shape
     out = torch.empty_like(x)
     h = x if delta is None else torch.empty_like(x)
     if n:
-        _add_rmsnorm_kernel[(n,)](x, x if delta is None else delta, h, out, weight, dim, eps,
-                                  HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(dim),
+        _add_rmsnorm_kernel[(n,)](x, x if delta is None else delta, weight if scale is None else scale, h, out,
+                                  weight, dim, eps, HAS_DELTA=delta is not None, HAS_SCALE=scale is not None,
+                                  BLOCK=triton.next_power_of_2(dim), **(NO_FMA if scale is not None else {}),
                                   num_warps=8 if dim >= 2048 else 4, **LAUNCH)
     return h, out
 

@@ -14,6 +14,7 @@ from engine import codec_kernels, kernels, projections
 from engine.attention import PrefillSegment, paged_decode_reference, prefill_attention
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
+from engine.models.codec_layers import LayerScale
 from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
 from engine.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
 from engine.sampling_kernel import sample_into
@@ -39,14 +40,19 @@ def tol(dtype: torch.dtype) -> dict:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("with_delta", [False, True])
-def test_add_rmsnorm_matches_module(dtype, with_delta) -> None:
+@pytest.mark.parametrize("with_delta,with_scale", [(False, False), (True, False), (True, True)])
+def test_add_rmsnorm_matches_module(dtype, with_delta, with_scale) -> None:
+    """h = x + delta (times a layer scale, as the codec's transformer adds its sublayers) is exact;
+    the norm matches RMSNorm."""
     g = torch.Generator().manual_seed(1)
     x, d = (torch.randn(5, 96, generator=g).to(DEV, dtype) for _ in range(2))
     norm = RMSNorm(96, 1e-6).to(DEV, dtype)
     norm.weight.data = torch.randn(96, generator=g).to(DEV, dtype)
-    h, out = kernels.add_rmsnorm(x, d if with_delta else None, norm.weight, 1e-6)
-    want_h = x + d if with_delta else x
+    scale = LayerScale(96).to(DEV, dtype)
+    scale.gamma.data = torch.randn(96, generator=g).to(DEV, dtype)
+    h, out = kernels.add_rmsnorm(x, d if with_delta else None, norm.weight, 1e-6,
+                                 scale.gamma if with_scale else None)
+    want_h = x + scale(d) if with_scale else x + d if with_delta else x
     assert torch.equal(h, want_h)
     torch.testing.assert_close(out, norm(want_h), **tol(dtype))
 
