@@ -2,17 +2,13 @@
 once, so what counts is how close each kernel comes to the device's copy bandwidth.
 
     gemv       one row on CUDA cores, each program owning a few weight rows for all of K
-    gemm_rows  2-32 rows on tensor cores, each weight tile loaded once for all rows; a weight with
-               few output tiles splits K over several programs per tile, the last of which sums the
-               partial products in a fixed order (so the result does not depend on timing)
+    gemm_rows  2-32 rows on tensor cores, each weight tile loaded once for all rows
     linear     F.linear without bias through whichever fits, with the SwiGLU gate of a (w1, w3)
                row-paired weight in the epilogue
 
 Tested against F.linear (tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import triton
@@ -68,99 +64,45 @@ def gemv(x: Tensor, w: Tensor, tiles: tuple[int, int, int, int] | None = None, s
 
 
 @triton.jit
-def _store_rows(y_ptr, acc, tile, m, m_mask, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                SWIGLU: tl.constexpr):
-    if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
-        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
-        o = tile * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(y_ptr + m[:, None] * (N // 2) + o[None, :], _silu_times(g, u, y_ptr.dtype.element_ty),
-                 mask=m_mask[:, None] & (o < N // 2)[None, :])
-    else:
-        n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        tl.store(y_ptr + m[:, None] * N + n[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=m_mask[:, None] & (n < N)[None, :])
-
-
-@triton.jit
-def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, K_SPLIT, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
-                      PEEL: tl.constexpr, SWIGLU: tl.constexpr, PDL: tl.constexpr):
+def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PEEL: tl.constexpr, SWIGLU: tl.constexpr,
+                      PDL: tl.constexpr):
     """A few rows (M <= BLOCK_M, padded) on tensor cores, each weight tile loaded once for all rows.
-    Program (tile, s) takes K_SPLIT inputs from s * K_SPLIT. PEEL: the first two weight tiles are
-    loaded before waiting for the previous kernel (K_SPLIT >= 2 tiles)."""
-    tile, s = tl.program_id(0), tl.program_id(1)
-    n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    PEEL: the first two weight tiles are loaded before waiting for the previous kernel (K >= 2 tiles)."""
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     m = tl.arange(0, BLOCK_M)
     m_mask = m < M
     k = tl.arange(0, BLOCK_K)
-    rows = w_ptr + n.to(tl.int64)[:, None] * K + s * K_SPLIT
-    xs = x_ptr + m[:, None] * K + s * K_SPLIT
+    rows = w_ptr + n.to(tl.int64)[:, None] * K
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     start = 0
     if PEEL:
         w0 = tl.load(rows + k[None, :], mask=n_mask[:, None], other=0.0)
         w1 = tl.load(rows + (BLOCK_K + k)[None, :], mask=n_mask[:, None], other=0.0)
         _after_previous(PDL)
-        acc = tl.dot(tl.load(xs + k[None, :], mask=m_mask[:, None], other=0.0), tl.trans(w0), acc,
-                     input_precision=PRECISION)
-        acc = tl.dot(tl.load(xs + (BLOCK_K + k)[None, :], mask=m_mask[:, None], other=0.0), tl.trans(w1), acc,
-                     input_precision=PRECISION)
+        x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=m_mask[:, None], other=0.0)
+        acc = tl.dot(x, tl.trans(w0), acc, input_precision=PRECISION)
+        x = tl.load(x_ptr + m[:, None] * K + (BLOCK_K + k)[None, :], mask=m_mask[:, None], other=0.0)
+        acc = tl.dot(x, tl.trans(w1), acc, input_precision=PRECISION)
         start = 2 * BLOCK_K
     else:
         _after_previous(PDL)
-    for k0 in range(start, K_SPLIT, BLOCK_K):
+    for k0 in range(start, K, BLOCK_K):
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
-        x = tl.load(xs + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
+        x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
-    if SPLIT == 1:
-        _store_rows(y_ptr, acc, tile, m, m_mask, N, BLOCK_M, BLOCK_N, SWIGLU)
+    if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
+        g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
+        o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(y_ptr + m[:, None] * (N // 2) + o[None, :], _silu_times(g, u, y_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & (o < N // 2)[None, :])
     else:
-        part = part_ptr + m[:, None] * N + n[None, :]  # [SPLIT, M, N] float32
-        mask = m_mask[:, None] & n_mask[None, :]
-        tl.store(part + s * M * N, acc, mask=mask)
-        tl.debug_barrier()  # every thread's partial is written before the count says so
-        if tl.atomic_add(count_ptr + tile, 1) == SPLIT - 1:  # acquire-release: the others' partials are visible
-            acc = tl.load(part, mask=mask, other=0.0, cache_modifier=".cg")
-            for i in tl.static_range(1, SPLIT):
-                acc += tl.load(part + i * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(count_ptr + tile, 0)  # ready for the next call (which starts after this grid ends)
-            _store_rows(y_ptr, acc, tile, m, m_mask, N, BLOCK_M, BLOCK_N, SWIGLU)
+        tl.store(y_ptr + m[:, None] * N + n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & n_mask[None, :])
 
 
 GEMM_ROWS = 32  # batches of 2..32 rows take _gemm_rows_kernel (H100: 4-18 % faster than cuBLAS at 8 and 32)
-# One counter per output tile of a split call, zero between calls. The calls of a device must come
-# from one stream (the engine's), so that no two split calls run at once.
-_COUNTS: dict[torch.device, Tensor] = {}
-_MAX_TILES = 1024
-
-
-class RowTiles(NamedTuple):
-    block_n: int
-    block_k: int
-    peel: bool  # two weight tiles loaded before the dependency wait
-    stages: int
-    split: int  # programs per output tile, each over K / split inputs
-
-
-def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> RowTiles:
-    """Tiles of the few-row kernel for an [n, k] weight."""
-    if rows <= 16 and n <= 4096 and k >= 4096:
-        # Few output tiles over a long K (wo, w2): 40-80 programs would leave SMs idle, so K is split.
-        # H200, 8 rows: wo 9.7 -> 8.0 µs, w2 20.0 -> 16.2; frame graph 6.32 -> 6.06 ms at 8 rows,
-        # 6.50 -> 6.37 at 16. At 32 rows a split w2 measured 20.0 -> 18.9 µs alone but made the frame
-        # slower (7.18 -> 7.47 ms), and wo did not gain: no split there.
-        split = 8
-        while split > 1 and k % (split * 128):
-            split //= 2
-        if split > 1:
-            return RowTiles(64, 128, True, 2 if elem == 4 else 4, split)
-    block_n, block_k = (64, 128) if n >= 6000 else (32, 256)
-    # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
-    # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
-    peel = n >= 10000
-    stages = 2 if elem == 4 else 4 if peel else 5  # float32 tiles: shared memory
-    return RowTiles(block_n, block_k, peel, stages, 1)
 
 
 def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
@@ -168,24 +110,28 @@ def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
     With `swiglu` the gated [M, N/2] (rows of w are (w1, w3) pairs)."""
     rows, k = x.shape
     n = w.shape[0]
-    t = gemm_rows_tiles(rows, n, k, x.element_size())
-    if k % (t.block_k * t.split):
+    block_n, block_k, peel, stages = gemm_rows_tiles(rows, n, k, x.element_size())
+    if k % block_k:
         return None
     y = torch.empty((rows, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
-    tiles = triton.cdiv(n, t.block_n)
-    part, counts = y, y  # unused unless split
-    if t.split > 1:
-        part = torch.empty((t.split, rows, n), dtype=torch.float32, device=x.device)
-        if x.device not in _COUNTS:
-            _COUNTS[x.device] = torch.zeros(_MAX_TILES, dtype=torch.int32, device=x.device)
-        counts = _COUNTS[x.device]
-        assert tiles <= _MAX_TILES
-    k_split = k // t.split
-    _gemm_rows_kernel[(tiles, t.split)](
-        x, w, y, part, counts, rows, n, k, k_split, BLOCK_M=16 if rows <= 16 else 32, BLOCK_N=t.block_n,
-        BLOCK_K=t.block_k, SPLIT=t.split, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        PEEL=t.peel and k_split >= 2 * t.block_k, SWIGLU=swiglu, num_warps=4, num_stages=t.stages, **LAUNCH)
+    _gemm_rows_kernel[(triton.cdiv(n, block_n),)](
+        x, w, y, rows, n, k, BLOCK_M=16 if rows <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel and k >= 2 * block_k, SWIGLU=swiglu,
+        num_warps=4, num_stages=stages, **LAUNCH)
     return y
+
+
+def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, bool, int]:
+    """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight."""
+    # K split over several programs per output tile (wo, w2: 40-80 tiles) measured faster alone (H200
+    # frame graph at 8 rows 6.32 -> 6.07 ms) but not in the engine, where the vocoder's kernels fill
+    # the SMs those tiles leave idle (bench at concurrency 8: frame 6.40 -> 6.43 ms): not kept.
+    block_n, block_k = (64, 128) if n >= 6000 else (32, 256)
+    # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
+    # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
+    peel = n >= 10000
+    stages = 2 if elem == 4 else 4 if peel else 5  # float32 tiles: shared memory
+    return block_n, block_k, peel, stages
 
 
 def linear(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor:

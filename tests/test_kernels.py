@@ -359,26 +359,19 @@ def test_paged_prefill_equals_module_prefill(dev_model) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,n,k,split", [(2, 70, 256, 1), (8, 6100, 256, 1), (16, 33, 256, 1), (24, 70, 256, 1),
-                                            (4, 10050, 384, 1), (32, 10050, 256, 1), (3, 130, 4096, 8),
-                                            (24, 70, 8192, 1), (32, 70, 4096, 1), (16, 33, 4608, 4)])
-def test_gemm_rows_matches_linear(dtype, rows, n, k, split) -> None:
+@pytest.mark.parametrize("rows,n,k", [(2, 70, 256), (8, 6100, 256), (16, 33, 256), (24, 70, 256),
+                                      (4, 10050, 384), (32, 10050, 256)])
+def test_gemm_rows_matches_linear(dtype, rows, n, k) -> None:
     """The few-row projection kernel (all tile shapes; two weight tiles loaded ahead from 10,000
-    outputs; K split over `split` programs per output tile) against F.linear. A split call sums its
-    partials in a fixed order: the same inputs give the same bits, and every tile's counter is back
-    at zero for the next call."""
-    assert projections.gemm_rows_tiles(rows, n, k, torch.empty(0, dtype=dtype).element_size()).split == split
+    outputs) against F.linear."""
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, k, generator=g).to(DEV, dtype)
     w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
     got = projections.gemm_rows(x, w)
-    assert got is not None and got.shape == (rows, n)
+    assert got is not None
     torch.testing.assert_close(got.float(), F.linear(x, w).float(),
                                **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
     assert projections.gemm_rows(x[:, :200].contiguous(), w[:, :200].contiguous()) is None  # K does not tile
-    if split > 1:
-        assert torch.equal(projections.gemm_rows(x, w), got)
-        assert not projections._COUNTS[x.device].any()
 
 
 def test_fused_kernels_on_cpu_need_the_interpreter(tiny_model, monkeypatch) -> None:
