@@ -28,16 +28,18 @@ def reference(q, k, v, rings, pos, window):
     return out, advanced
 
 
+@pytest.mark.parametrize("window,tiles", [(6, None), (70, (32, 2)), (70, (64, 4))])
 @pytest.mark.parametrize("num_new", [1, 3, 8])
-def test_window_attention_equals_module_path(num_new: int) -> None:
+def test_window_attention_equals_module_path(num_new: int, window: int, tiles: tuple[int, int] | None) -> None:
+    """A ring of 5 entries (one step of the online softmax), and of 69 in steps of 32 or 64 entries."""
     torch.manual_seed(num_new)
-    window, heads, dim, slots_total, layers = 6, 2, 16, 5, 2
+    heads, dim, slots_total, layers = 2, 16, 5, 2
     ring = window - 1
     # each row: [layers, 2, H, R, D] after a 7-float prefix of other state, as in the vocoder's rows
     per_layer = 2 * heads * ring * dim
     state = torch.randn(slots_total, 7 + layers * per_layer, device=DEVICE)
     slots = torch.tensor([3, 0, 4], device=DEVICE)
-    pos = torch.tensor([0, 2, 17], device=DEVICE)  # a fresh stream, one inside its first ring, one far on
+    pos = torch.tensor([0, 2, 17 * window], device=DEVICE)  # a fresh stream, one inside its first ring, one far on
     layer = 1
     start = 7 + layer * per_layer
     qkv = torch.randn(3, num_new, 3, heads, dim, device=DEVICE)
@@ -47,7 +49,7 @@ def test_window_attention_equals_module_path(num_new: int) -> None:
     rings = state[slots, start:start + per_layer].view(3, 2, heads, ring, dim)
     want, advanced = reference(apply_rope(q, rope), apply_rope(k, rope), v, rings, pos, window)
     before = state.clone()
-    got = window_attention(qkv, rope, state, slots, pos, start, window)
+    got = window_attention(qkv, rope, state, slots, pos, start, window, tiles)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     expected = before.clone()
     expected[slots, start:start + per_layer] = advanced.flatten(1)
