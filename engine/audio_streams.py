@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
@@ -73,10 +74,13 @@ class AudioStreams:
         row (a first call per shape is slow: cuDNN picks algorithms, Triton compiles; and eager
         pushes are launch-bound). Groups are powers of two, but a flush (first frame, end of a
         chunk) pushes whatever is pending, so every count up to group_frames gets a graph."""
+        start = time.perf_counter()
         for rows in self.buckets:
             for n in range(1, self.group_frames + 1):
                 self._capture(rows, n)
         self.vocoder.reset(self.scratch_row)
+        log.info("captured vocoder CUDA graphs for %d shapes (rows %s x 1-%d frames) in %.1f s", len(self.graphs),
+                 self.buckets, self.group_frames, time.perf_counter() - start)
 
     def _capture(self, rows: int, n: int) -> None:
         slots = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
