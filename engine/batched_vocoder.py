@@ -113,21 +113,21 @@ def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, whe
     gate on the layer's `gate_up` matrix (`fused_stack.fuse_gate_up`). Same arithmetic as
     TransformerLayer.forward."""
     batch, _, num_new = x.shape
-    rows = x.transpose(1, 2).reshape(batch * num_new, -1)  # [B·n, C]
+    h = x.transpose(1, 2).reshape(batch * num_new, -1)  # [B·n, C], the residual stream
     rope = _row_rope(module, pos, num_new)
     heads, dim = module.layers[0].attention.n_head, module.head_dim
     per_layer = where.numel // len(module.layers)  # the layout's (layer, k|v, H, window-1, D)
     delta = scale = None
     for i, (layer, w13) in enumerate(zip(module.layers, gate_up)):
         attention, norm = layer.attention, layer.attention_norm
-        rows, h = add_rmsnorm(rows, delta, norm.weight, norm.eps, scale)
-        qkv = F.linear(h, attention.wqkv.weight).view(batch, num_new, 3, heads, dim)
+        h, n = add_rmsnorm(h, delta, norm.weight, norm.eps, scale)
+        qkv = F.linear(n, attention.wqkv.weight).view(batch, num_new, 3, heads, dim)
         a = window_attention(qkv, rope, state, slots, pos, where.start + i * per_layer, module.window)
         delta, scale = F.linear(a.view(batch * num_new, -1), attention.wo.weight), layer.attention_layer_scale.gamma
-        rows, h = add_rmsnorm(rows, delta, layer.ffn_norm.weight, layer.ffn_norm.eps, scale)
-        delta = F.linear(silu_mul(F.linear(h, w13)), layer.feed_forward.w2.weight)
+        h, n = add_rmsnorm(h, delta, layer.ffn_norm.weight, layer.ffn_norm.eps, scale)
+        delta = F.linear(silu_mul(F.linear(n, w13)), layer.feed_forward.w2.weight)
         scale = layer.ffn_layer_scale.gamma
-    _, out = add_rmsnorm(rows, delta, module.norm.weight, module.norm.eps, scale)
+    _, out = add_rmsnorm(h, delta, module.norm.weight, module.norm.eps, scale)
     return out.view(batch, num_new, -1).transpose(1, 2)
 
 
