@@ -64,20 +64,16 @@ class FusedStack:
                 att.wo.weight, block.ffn_norm.weight, fuse_gate_up(block), block.feed_forward.w2.weight))
 
     def forward(self, x: Tensor, positions: Tensor, slots: Tensor, k_pools: list[Tensor], v_pools: list[Tensor],
-                attend: Callable[[int, Tensor], Tensor], kv_only_last: bool = False) -> Tensor | None:
+                attend: Callable[[int, Tensor], Tensor]) -> Tensor:
         """x [N, dim] at `positions` [N]; k/v go to flat `slots` [N] of each layer's pool.
-        Returns the post-final-norm hidden [N, dim], or None with `kv_only_last` (the last layer only
-        stores its k/v: nothing reads this row's output)."""
+        Returns the post-final-norm hidden [N, dim]."""
         c = self.cfg
         eps = c.norm_eps
         h, delta = x, None
-        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h, n = kernels.add_rmsnorm(h, delta, layer.attn_norm, eps)
             q = kernels.qk_rope_write(projections.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps,
                                       self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
-            if kv_only_last and i == last:
-                return None
             delta = projections.linear(attend(i, q).flatten(1), layer.wo)
             h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
             delta = projections.linear(projections.linear(n, layer.w13, swiglu=True), layer.w2)

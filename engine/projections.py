@@ -2,7 +2,7 @@
 once, so what counts is how close each kernel comes to the device's copy bandwidth.
 
     gemv       one row on CUDA cores, each program owning a few weight rows for all of K
-    gemm_rows  2-32 rows on tensor cores, each weight tile loaded once for all rows
+    gemm_rows  2-64 rows on tensor cores, each weight tile loaded once for all rows
     linear     F.linear without bias through whichever fits, with the SwiGLU gate of a (w1, w3)
                row-paired weight in the epilogue
 
@@ -102,11 +102,11 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
                  mask=m_mask[:, None] & n_mask[None, :])
 
 
-GEMM_ROWS = 32  # batches of 2..32 rows take _gemm_rows_kernel (H100: 4-18 % faster than cuBLAS at 8 and 32)
+GEMM_ROWS = 64  # 2..64 rows take _gemm_rows_kernel (H100: 4-18 % faster than cuBLAS at 8 and 32)
 
 
 def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
-    """x [M, K] @ w[N, K].T for 2 <= M <= GEMM_ROWS (padded to 16 or 32); None when K does not tile.
+    """x [M, K] @ w[N, K].T for 2 <= M <= GEMM_ROWS (padded to 16, 32 or 64); None when K does not tile.
     With `swiglu` the gated [M, N/2] (rows of w are (w1, w3) pairs)."""
     rows, k = x.shape
     n = w.shape[0]
@@ -115,10 +115,14 @@ def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
         return None
     y = torch.empty((rows, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
     _gemm_rows_kernel[(triton.cdiv(n, block_n),)](
-        x, w, y, rows, n, k, BLOCK_M=16 if rows <= 16 else 32, BLOCK_N=block_n, BLOCK_K=block_k,
+        x, w, y, rows, n, k, BLOCK_M=block_m(rows), BLOCK_N=block_n, BLOCK_K=block_k,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel and k >= 2 * block_k, SWIGLU=swiglu,
         num_warps=4, num_stages=stages, **LAUNCH)
     return y
+
+
+def block_m(rows: int) -> int:
+    return 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
 def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, bool, int]:
@@ -130,7 +134,7 @@ def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, boo
     # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
     # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
     peel = n >= 10000
-    stages = 2 if elem == 4 else 4 if peel else 5  # float32 tiles: shared memory
+    stages = 2 if elem == 4 else 4 if peel or block_m(rows) == 64 else 5  # float32 tiles: shared memory
     return block_n, block_k, peel, stages
 
 
@@ -142,9 +146,10 @@ def linear(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor:
         if x.shape[0] == 1 and gemv_tiles(*w.shape) is not None:
             return gemv(x, w, swiglu=swiglu)
         if 2 <= x.shape[0] <= GEMM_ROWS:
-            # Gated in the epilogue from 17 rows (H100 frame at 32 rows 8.48 -> 8.37 ms); up to 16 rows
-            # (BLOCK_M 16) that kernel streamed slower (8 rows 7.38 -> 7.73 ms), so the gate runs after.
-            gate_after = swiglu and x.shape[0] <= 16
+            # Gated in the epilogue at 17-32 rows (H100 frame at 32 rows 8.48 -> 8.37 ms); up to 16 rows
+            # (BLOCK_M 16) that kernel streamed slower (8 rows 7.38 -> 7.73 ms), so the gate runs after;
+            # at BLOCK_M 64 the gated kernel rounds its products differently on the GPU, so it runs after.
+            gate_after = swiglu and block_m(x.shape[0]) != 32
             y = gemm_rows(x, w, swiglu and not gate_after)
             if y is not None:
                 return silu_mul(y) if gate_after else y
