@@ -130,11 +130,15 @@ def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, boo
     # K split over several programs per output tile (wo, w2: 40-80 tiles) measured faster alone (H200
     # frame graph at 8 rows 6.32 -> 6.07 ms) but not in the engine, where the vocoder's kernels fill
     # the SMs those tiles leave idle (bench at concurrency 8: frame 6.40 -> 6.43 ms): not kept.
+    if block_m(rows) == 64:  # H100, weights beyond L2: wqkv 13.6 -> 13.2 µs, w1|w3 43.5 -> 40.4, w2 24.8 -> 24.2
+        return (64, 128, False, 2 if elem == 4 else 5) if n >= 6000 else (32, 128, False, 2 if elem == 4 else 6)
+    if block_m(rows) == 16 and n >= 10000:  # w1|w3 at 8 rows (gated after): 38.2 -> 35.9 µs
+        return 32, 128, False, 2 if elem == 4 else 6
     block_n, block_k = (64, 128) if n >= 6000 else (32, 256)
     # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
     # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
     peel = n >= 10000
-    stages = 2 if elem == 4 else 4 if peel or block_m(rows) == 64 else 5  # float32 tiles: shared memory
+    stages = 2 if elem == 4 else 4 if peel else 5  # float32 tiles: shared memory
     return block_n, block_k, peel, stages
 
 
