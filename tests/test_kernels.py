@@ -146,8 +146,9 @@ def test_frame_embed_matches_dual_ar_embed(dev_model) -> None:
         torch.testing.assert_close(got, model.embed(grid), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("num_splits", [1, 2, 8])
+@pytest.mark.parametrize("num_splits", [1, 2, 8, None])
 def test_paged_decode_kernel_matches_reference(num_splits) -> None:
+    """Each split count, and the default for the batch (decode_splits: 16 for 3 rows of 2 kv heads)."""
     g = torch.Generator().manual_seed(6)
     kv_heads, heads, dim, block = 2, 4, 16, 16
     k_pool = torch.randn(20, block, kv_heads, dim, generator=g).to(DEV)
