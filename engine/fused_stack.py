@@ -64,17 +64,24 @@ class FusedStack:
                 att.wo.weight, block.ffn_norm.weight, fuse_gate_up(block), block.feed_forward.w2.weight))
 
     def forward(self, x: Tensor, positions: Tensor, slots: Tensor, k_pools: list[Tensor], v_pools: list[Tensor],
-                attend: Callable[[int, Tensor], Tensor]) -> Tensor:
+                attend: Callable[[int, Tensor], Tensor] | None, window: int = 0) -> Tensor:
         """x [N, dim] at `positions` [N]; k/v go to flat `slots` [N] of each layer's pool.
+        With `window` (no q/k norm), `attend` is not called: each row owns `window` consecutive slots
+        holding its positions 0.., and its attention over them runs in the kernel that stores its k/v.
         Returns the post-final-norm hidden [N, dim]."""
         c = self.cfg
         eps = c.norm_eps
         h, delta = x, None
         for i, layer in enumerate(self.layers):
             h, n = kernels.add_rmsnorm(h, delta, layer.attn_norm, eps)
-            q = kernels.qk_rope_write(projections.linear(n, layer.wqkv), layer.q_norm, layer.k_norm, eps,
-                                      self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
-            delta = projections.linear(attend(i, q).flatten(1), layer.wo)
+            qkv = projections.linear(n, layer.wqkv)
+            if window:
+                a = kernels.rope_write_attend(qkv, self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head,
+                                              c.n_local_heads, window)
+            else:
+                a = attend(i, kernels.qk_rope_write(qkv, layer.q_norm, layer.k_norm, eps, self.rope, positions,
+                                                    slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads))
+            delta = projections.linear(a.flatten(1), layer.wo)
             h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
             delta = projections.linear(projections.linear(n, layer.w13, swiglu=True), layer.w2)
         return kernels.add_rmsnorm(h, delta, self.final_norm, eps)[1]

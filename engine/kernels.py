@@ -6,6 +6,7 @@ instead of ~45: at decode batch sizes the time goes to kernel count, not arithme
 
     add_rmsnorm    h = x + delta [* layer scale] (stored), out = RMSNorm(h) * weight
     qk_rope_write  q/k RMSNorm (slow AR), interleaved RoPE, q out, k/v stored at pool slots
+    rope_write_attend  the same without norms, and the attention over the row's own cache window (fast AR)
     silu_mul       SwiGLU gate on the fused w1|w3 projection (rows interleaved in pairs)
     frame_embed    the slow AR's input for a decode frame from (slow column, 10 codes)
     embed_rows     the fast AR's input embedding of the code just drawn
@@ -141,6 +142,70 @@ def qk_rope_write(qkv: Tensor, q_norm: Tensor | None, k_norm: Tensor | None, eps
             qkv, q_norm if norm else qkv, k_norm if norm else qkv, rope, positions, slots, q, k_pool, v_pool,
             eps, n_head, n_kv, QK_NORM=norm, HALF=dim // 2, num_warps=1 if dim <= 64 else 2, **LAUNCH)
     return q
+
+
+@triton.jit
+def _rope_write_attend_kernel(qkv_ptr, rope_ptr, pos_ptr, slot_ptr, k_pool, v_pool, out_ptr, scale, n_head, n_kv,
+                              GROUPS: tl.constexpr, HALF: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    dim: tl.constexpr = 2 * HALF
+    i = tl.arange(0, HALF)
+    d = tl.arange(0, dim)
+    t = tl.arange(0, WINDOW)
+    pos = tl.load(pos_ptr + row)
+    slot = tl.load(slot_ptr + row)
+    # The window's earlier entries were stored kernels ago: loaded before waiting for the projection.
+    at = ((slot - pos + t) * n_kv + kvh)[:, None] * dim
+    old = (t < pos)[:, None]
+    k_even = tl.load(k_pool + at + 2 * i[None, :], mask=old, other=0.0).to(tl.float32)
+    k_odd = tl.load(k_pool + at + 2 * i[None, :] + 1, mask=old, other=0.0).to(tl.float32)
+    v = tl.load(v_pool + at + d[None, :], mask=old, other=0.0).to(tl.float32)
+    cos = tl.load(rope_ptr + pos * dim + 2 * i)
+    sin = tl.load(rope_ptr + pos * dim + 2 * i + 1)
+    _after_previous(PDL)
+    src = qkv_ptr + row * (n_head + 2 * n_kv) * dim
+    dt = out_ptr.dtype.element_ty
+    even = tl.load(src + (n_head + kvh) * dim + 2 * i).to(tl.float32)
+    odd = tl.load(src + (n_head + kvh) * dim + 2 * i + 1).to(tl.float32)
+    k_re, k_im = (even * cos - odd * sin).to(dt), (even * sin + odd * cos).to(dt)
+    new_v = tl.load(src + (n_head + n_kv + kvh) * dim + d)
+    dst = (slot * n_kv + kvh) * dim
+    tl.store(k_pool + dst + 2 * i, k_re)
+    tl.store(k_pool + dst + 2 * i + 1, k_im)
+    tl.store(v_pool + dst + d, new_v)
+    heads = kvh * GROUPS + tl.arange(0, GROUPS)
+    even = tl.load(src + heads[:, None] * dim + 2 * i[None, :]).to(tl.float32)
+    odd = tl.load(src + heads[:, None] * dim + 2 * i[None, :] + 1).to(tl.float32)
+    q_re = (even * cos[None, :] - odd * sin[None, :]).to(dt).to(tl.float32)
+    q_im = (even * sin[None, :] + odd * cos[None, :]).to(dt).to(tl.float32)
+    now = (t == pos)[:, None]
+    k_even = tl.where(now, k_re.to(tl.float32)[None, :], k_even)
+    k_odd = tl.where(now, k_im.to(tl.float32)[None, :], k_odd)
+    v = tl.where(now, new_v.to(tl.float32)[None, :], v)
+    logits = (tl.sum(q_re[:, None, :] * k_even[None, :, :], axis=2)
+              + tl.sum(q_im[:, None, :] * k_odd[None, :, :], axis=2))
+    logits = tl.where((t <= pos)[None, :], logits * scale, float("-inf"))  # [GROUPS, WINDOW]
+    p = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    out = tl.sum(p[:, :, None] * v[None, :, :], axis=1) / tl.sum(p, axis=1)[:, None]
+    tl.store(out_ptr + (row * n_head + heads)[:, None] * dim + d[None, :], out.to(dt))
+
+
+def rope_write_attend(qkv: Tensor, rope: Tensor, positions: Tensor, slots: Tensor, k_pool: Tensor, v_pool: Tensor,
+                      n_head: int, n_kv: int, window: int) -> Tensor:
+    """qk_rope_write (without q/k norm) and the attention after it in one kernel, for caches where each
+    row owns a window of `window` consecutive slots holding its positions 0.. (the fast AR): the row
+    stores its k/v at `slots` and attends to its window's first positions[row] + 1 entries. One
+    program per (row, kv head) does the group's query heads; scores and weights in float32.
+    Returns the attention output [N, H, D]."""
+    n = qkv.shape[0]
+    dim = qkv.shape[1] // (n_head + 2 * n_kv)
+    out = torch.empty((n, n_head, dim), dtype=qkv.dtype, device=qkv.device)
+    if n:
+        _rope_write_attend_kernel[(n, n_kv)](qkv, rope, positions, slots, k_pool, v_pool, out, dim ** -0.5,
+                                             n_head, n_kv, GROUPS=n_head // n_kv, HALF=dim // 2, WINDOW=window,
+                                             num_warps=4, **LAUNCH)
+    return out
 
 
 @triton.jit

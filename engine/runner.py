@@ -136,14 +136,13 @@ class ModelRunner:
         pos = torch.arange(mc.num_codebooks, device=dev)[:, None].expand(-1, self.cfg.max_batch)
         self.fast_positions = pos.contiguous()  # [10, max_batch]
         self.fast_slots = (rows[None, :] * FAST_CACHE + pos).contiguous()
-        self.fast_lens = (pos + 1).contiguous()
-        self.fast_tables = rows[:, None].contiguous()
+        lens, tables = pos + 1, rows[:, None]
         # Positions 0 (the slow hidden) and 1 (c0's embedding) both exist once c0 is drawn, so they run
         # as one pass of 2B rows (all position-0 rows, then all position-1 rows), each row attending to
         # its own causal prefix: the fast layers are read 9 times a frame instead of 10.
         self.fast_pair = {b: tuple(torch.cat([t[0, :b], t[1, :b]]).contiguous()
-                                   for t in (self.fast_positions, self.fast_slots, self.fast_lens))
-                          + (self.fast_tables[:b].repeat(2, 1),) for b in range(1, self.cfg.max_batch + 1)}
+                                   for t in (self.fast_positions, self.fast_slots, lens))
+                          + (tables[:b].repeat(2, 1),) for b in range(1, self.cfg.max_batch + 1)}
 
     # -- per-sequence state ---------------------------------------------------------------
     def start_sequence(self, slot: int, params: SamplingParams) -> None:
@@ -324,15 +323,15 @@ class ModelRunner:
                     recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
         k_fast, v_fast, emb = self.k_fast_pools, self.v_fast_pools, model.audio_decoder.embeddings.weight
         x = torch.cat([h, kernels.embed_rows(out[:, 1], emb)])  # positions 0 and 1 together
+        positions, slots, lens, tables = self.fast_pair[batch]
         for pos in range(1, mc.num_codebooks):
-            if pos == 1:
-                positions, slots, lens, tables = self.fast_pair[batch]
-            else:
-                positions, slots = self.fast_positions[pos, :batch], self.fast_slots[pos, :batch]
-                lens, tables = self.fast_lens[pos, :batch], self.fast_tables[:batch]
-            hidden = self.fast_stack.forward(
-                x, positions, slots, k_fast, v_fast,
-                lambda layer, q: self._paged(q, k_fast[layer], v_fast[layer], tables, lens, num_splits=1))
+            if pos == 1:  # 2B rows: the position-1 rows attend to the position-0 rows stored beside them
+                hidden = self.fast_stack.forward(
+                    x, positions, slots, k_fast, v_fast,
+                    lambda layer, q: self._paged(q, k_fast[layer], v_fast[layer], tables, lens, num_splits=1))
+            else:  # one row per sequence: the attention runs in the kernel that stores its k/v
+                hidden = self.fast_stack.forward(x, self.fast_positions[pos, :batch], self.fast_slots[pos, :batch],
+                                                 k_fast, v_fast, None, window=FAST_CACHE)
             sample_into(projections.linear(hidden[-batch:], model.audio_decoder.output.weight), inp.slots,
                         inp.frames, self.params, out, pos + 1, DRAW_FAST + pos)  # position 0's output unused
             if pos < mc.num_codebooks - 1:

@@ -87,6 +87,31 @@ def test_qk_rope_write_matches_attention_path(dtype, qk_norm) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (8, 2)])
+def test_rope_write_attend_equals_write_then_attention(dtype, heads, kv_heads) -> None:
+    """The fast AR's fused kernel against qk_rope_write followed by the paged attention reference on the
+    same cache: rows at several positions of their own 16-slot windows (position 0 attends to itself
+    alone, 9 to all ten), earlier entries already stored; the same k/v stored (k within the rounding
+    of a fused multiply-add the compiler may place differently in the two kernels)."""
+    g = torch.Generator().manual_seed(heads)
+    dim, window, n = 16, 16, 4
+    positions = torch.tensor([0, 3, 9, 15], device=DEV)
+    slots = torch.tensor([2, 0, 3, 1], device=DEV) * window + positions
+    qkv = torch.randn(n, (heads + 2 * kv_heads) * dim, generator=g).to(DEV, dtype)
+    rope = torch.view_as_real(rope_table(16, dim, 1e6, DEV)).contiguous()
+    pools = [torch.randn(4, window, kv_heads, dim, generator=g).to(DEV, dtype) for _ in range(2)]
+    fused = [p.clone() for p in pools]
+    got = kernels.rope_write_attend(qkv, rope, positions, slots, fused[0], fused[1], heads, kv_heads, window)
+    q = kernels.qk_rope_write(qkv, None, None, 1e-6, rope, positions, slots, pools[0], pools[1], heads, kv_heads)
+    torch.testing.assert_close(fused[0], pools[0], atol=1e-6, rtol=1e-6 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(fused[1], pools[1])
+    tables = (slots // window)[:, None]
+    want = paged_decode_reference(q.float(), pools[0].float(), pools[1].float(), tables, positions + 1)
+    torch.testing.assert_close(got.float(), want, **({"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32
+                                                     else {"atol": 1e-2, "rtol": 1e-2}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_silu_mul_matches_feed_forward_gate(dtype) -> None:
     """The gate on (w1 x, w3 x) column pairs, the fused w1|w3 layout."""
     gu = torch.randn(3, 2 * 1500, generator=torch.Generator().manual_seed(3)).to(DEV, dtype)
