@@ -33,15 +33,24 @@ def decode_splits(batch: int, kv_heads: int) -> int:
 
 
 @triton.jit
+def _block_offsets(block, kvh, num_kv_heads, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """Offsets of one kv head's [BLOCK, D] keys (or values) in pool block `block`."""
+    t = tl.arange(0, BLOCK)
+    return ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+
+
+@triton.jit
 def _attend_block(q, k_ptr, v_ptr, block, kvh, num_kv_heads, visible, m, s, acc, scale,
                   HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
     """One pool block of keys/values into a running softmax (m, s, acc) of the query rows q;
     `visible` says which (row, key) pairs count. bf16 operands with fp32 accumulation."""
-    t = tl.arange(0, BLOCK)
-    d = tl.arange(0, HEAD_DIM)
-    kv_off = ((block * BLOCK + t) * num_kv_heads + kvh)[:, None] * HEAD_DIM + d[None, :]
-    k = tl.load(k_ptr + kv_off)  # [BLOCK, D]
-    v = tl.load(v_ptr + kv_off)
+    kv_off = _block_offsets(block, kvh, num_kv_heads, HEAD_DIM, BLOCK)
+    return _attend_tile(q, tl.load(k_ptr + kv_off), tl.load(v_ptr + kv_off), visible, m, s, acc, scale, PRECISION)
+
+
+@triton.jit
+def _attend_tile(q, k, v, visible, m, s, acc, scale, PRECISION: tl.constexpr):
+    """_attend_block on keys k and values v [BLOCK, D] already loaded."""
     # Cast after scaling: under torch.compile a Python float arrives as fp64.
     logits = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)  # [rows, BLOCK]
     logits = tl.where(visible, logits, float("-inf"))
@@ -59,7 +68,6 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
                          GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
                          PDL: tl.constexpr):
-    _after_previous(PDL)
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -68,10 +76,18 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
     per_split = tl.cdiv(num_blocks, NUM_SPLITS)
     first = split * per_split
     last = tl.minimum(first + per_split, num_blocks)
+    # The split's first block is loaded before waiting for the previous kernel unless it is the
+    # sequence's last block, where that kernel has just stored this step's key and value.
+    t = tl.arange(0, BLOCK)
+    ahead = (t * 0 + first < num_blocks - 1)[:, None]  # [BLOCK, 1] (a tensor mask for the interpreter)
+    at = _block_offsets(tl.load(tables_ptr + b * stride_tb + tl.minimum(first, num_blocks - 1)), kvh,
+                        num_kv_heads, HEAD_DIM, BLOCK)
+    k_first = tl.load(k_ptr + at, mask=ahead, other=0.0)
+    v_first = tl.load(v_ptr + at, mask=ahead, other=0.0)
+    _after_previous(PDL)
 
     g = tl.arange(0, GROUPS_PAD)
     d = tl.arange(0, HEAD_DIM)
-    t = tl.arange(0, BLOCK)
     heads = kvh * GROUPS + g
     q_mask = g < GROUPS
     q = tl.load(q_ptr + (b * num_kv_heads * GROUPS + heads)[:, None] * HEAD_DIM + d[None, :],
@@ -79,7 +95,12 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
     m = tl.full((GROUPS_PAD,), float("-inf"), tl.float32)
     s = tl.zeros((GROUPS_PAD,), tl.float32)
     acc = tl.zeros((GROUPS_PAD, HEAD_DIM), tl.float32)
-    for i in range(first, last):
+    if first < last:
+        k_first = tl.where(ahead, k_first, tl.load(k_ptr + at, mask=~ahead, other=0.0))
+        v_first = tl.where(ahead, v_first, tl.load(v_ptr + at, mask=~ahead, other=0.0))
+        m, s, acc = _attend_tile(q, k_first, v_first, (first * BLOCK + t < length)[None, :], m, s, acc, scale,
+                                 PRECISION)
+    for i in range(first + 1, last):
         block = tl.load(tables_ptr + b * stride_tb + i)
         m, s, acc = _attend_block(q, k_ptr, v_ptr, block, kvh, num_kv_heads, (i * BLOCK + t < length)[None, :],
                                   m, s, acc, scale, HEAD_DIM, BLOCK, PRECISION)
