@@ -24,6 +24,7 @@ from torch import Tensor
 
 from engine.kernels import LAUNCH, _after_previous
 
+
 def decode_splits(batch: int, kv_heads: int) -> int:
     """Programs per (sequence, kv head): enough for ~512 programs in all, up to 16 (H100, slow-AR shapes,
     context 600-1,200: 32 rows with one split 36.7 -> 33.1 µs a layer against eight; 8 rows best at eight;
