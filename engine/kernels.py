@@ -86,6 +86,12 @@ def add_rmsnorm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float,
 
 
 @triton.jit
+def _rotate(even, odd, cos, sin, dt: tl.constexpr):
+    """Interleaved RoPE on the (even, odd) halves of a head, in float32, each result rounded to dt."""
+    return (even * cos - odd * sin).to(dt), (even * sin + odd * cos).to(dt)
+
+
+@triton.jit
 def _qk_rope_write_kernel(qkv_ptr, qw_ptr, kw_ptr, rope_ptr, pos_ptr, slot_ptr, q_ptr, k_pool, v_pool,
                           eps, n_head, n_kv,
                           QK_NORM: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
@@ -110,8 +116,7 @@ def _qk_rope_write_kernel(qkv_ptr, qw_ptr, kw_ptr, rope_ptr, pos_ptr, slot_ptr, 
     pos = tl.load(pos_ptr + row)
     cos = tl.load(rope_ptr + pos * dim + 2 * i)
     sin = tl.load(rope_ptr + pos * dim + 2 * i + 1)
-    re = (even * cos - odd * sin).to(dt)
-    im = (even * sin + odd * cos).to(dt)
+    re, im = _rotate(even, odd, cos, sin, dt)
     if head < n_head:
         q_dst = q_ptr + (row * n_head + head) * dim
         tl.store(q_dst + 2 * i, re)
@@ -168,7 +173,7 @@ def _rope_write_attend_kernel(qkv_ptr, rope_ptr, pos_ptr, slot_ptr, k_pool, v_po
     dt = out_ptr.dtype.element_ty
     even = tl.load(src + (n_head + kvh) * dim + 2 * i).to(tl.float32)
     odd = tl.load(src + (n_head + kvh) * dim + 2 * i + 1).to(tl.float32)
-    k_re, k_im = (even * cos - odd * sin).to(dt), (even * sin + odd * cos).to(dt)
+    k_re, k_im = _rotate(even, odd, cos, sin, dt)
     new_v = tl.load(src + (n_head + n_kv + kvh) * dim + d)
     dst = (slot * n_kv + kvh) * dim
     tl.store(k_pool + dst + 2 * i, k_re)
@@ -177,8 +182,8 @@ def _rope_write_attend_kernel(qkv_ptr, rope_ptr, pos_ptr, slot_ptr, k_pool, v_po
     heads = kvh * GROUPS + tl.arange(0, GROUPS)
     even = tl.load(src + heads[:, None] * dim + 2 * i[None, :]).to(tl.float32)
     odd = tl.load(src + heads[:, None] * dim + 2 * i[None, :] + 1).to(tl.float32)
-    q_re = (even * cos[None, :] - odd * sin[None, :]).to(dt).to(tl.float32)
-    q_im = (even * sin[None, :] + odd * cos[None, :]).to(dt).to(tl.float32)
+    q_re, q_im = _rotate(even, odd, cos[None, :], sin[None, :], dt)
+    q_re, q_im = q_re.to(tl.float32), q_im.to(tl.float32)
     now = (t == pos)[:, None]
     k_even = tl.where(now, k_re.to(tl.float32)[None, :], k_even)
     k_odd = tl.where(now, k_im.to(tl.float32)[None, :], k_odd)
