@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.codec_kernels import FusedDecoder
+from engine.fused_decoder import FusedDecoder
 from engine.fused_stack import fuse_gate_up
 from engine.kernels import add_rmsnorm, silu_mul
 from engine.models.codec import Codec

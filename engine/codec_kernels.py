@@ -27,7 +27,6 @@ tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -37,7 +36,6 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from engine.kernels import INTERPRET
-from engine.models.codec import Decoder
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 
 
@@ -244,72 +242,6 @@ def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, o
     return ConvPlan(module, weight.to(operands), bias, module.conv.dilation[0] if is_conv else 1,
                     module.left_pad if is_conv else 1, 1 if is_conv else module.stride,
                     _alpha(snake), snake_first, _alpha(out_snake), tanh)
-
-
-class FusedDecoder:
-    """`Decoder` streamed over many rows: `run` continues each row's stream from the contexts it
-    finds in the packed state (the slices of `engine/batched_vocoder.py`, read as [L, C_in])."""
-
-    def __init__(self, decoder: Decoder, operands: torch.dtype = torch.float16) -> None:
-        """operands: the products' operand type (float16, or float32 for TF32).
-
-        The Snake before a block's transposed conv and the one before a unit's k1 conv run in the
-        epilogue of the conv before them, whose output nothing else reads: it is stored in the operand
-        type, to which the next conv would round it anyway (applied while loading, the Snake was
-        recomputed for each of the next conv's output tiles). The one before a unit's k7 conv, whose
-        input is also the residual, runs in the pass that writes [context; input] once."""
-        if operands not in (torch.float16, torch.float32):
-            raise ValueError(f"the codec convs take float16 or float32 operands, not {operands}")
-        plan = functools.partial(_plan, operands=operands)
-        layers = list(decoder.model)
-        blocks = [block.block for block in layers[1:-3]]
-        self.first = plan(layers[0], None, out_snake=blocks[0][0])
-        self.blocks: list[tuple[ConvPlan, list[tuple[ConvPlan, ConvPlan]]]] = []
-        for i, (_, up, *units) in enumerate(blocks):
-            plans = []
-            for j, u in enumerate(units):
-                feeds_up = j == len(units) - 1 and i + 1 < len(blocks)
-                plans.append((plan(u.block[1], u.block[0], snake_first=True, out_snake=u.block[2]),
-                              plan(u.block[3], None, out_snake=blocks[i + 1][0] if feeds_up else None)))
-            self.blocks.append((plan(up, None), plans))
-        self.last = plan(layers[-2], layers[-3], snake_first=True, tanh=True)
-        counters(self.first.weight.device)
-
-    def run(self, x: Tensor, contexts: dict[nn.Module, Tensor]) -> Tensor:
-        """x [B, T, latent] -> PCM [B, T·hop]; contexts[module] is that conv's [B, L·C_in] slice of
-        the packed state (advanced in place)."""
-        h = self.conv(self.first, x, contexts)
-        for up, units in self.blocks:
-            h = self.conv(up, h, contexts)
-            for dilated, pointwise in units:
-                h = self.conv(pointwise, self.conv(dilated, h, contexts), contexts, residual=h)
-        return self.conv(self.last, h, contexts)[..., 0]
-
-    def conv(self, plan: ConvPlan, x: Tensor, contexts: dict[nn.Module, Tensor],
-             residual: Tensor | None = None) -> Tensor:
-        """x [B, T, C_in] -> [B, T·s, C_out], carrying plan.context input rows in contexts[plan.module]."""
-        batch, length, cin = x.shape
-        ctx = contexts.get(plan.module)
-        if ctx is None or plan.context == 0:
-            ctx = x
-        alpha = plan.alpha
-        if plan.snake_first:  # [context; snake(x)] once, read by the conv as one contiguous input
-            x = snake_after_context(x, ctx, plan.alpha, plan.context, plan.weight.dtype)
-            ctx, alpha = x, None
-        cout = plan.weight.shape[1]
-        # snaked for the next conv, which reads it in its operand type; else float32
-        dtype = plan.weight.dtype if plan.out_alpha is not None else torch.float32
-        y = torch.empty(batch, length, cout, dtype=dtype, device=x.device)
-        x_input = x[:, plan.context:] if plan.snake_first else x
-        _launch_conv(plan, x_input, ctx, alpha, residual, y,
-                     one_source=ctx is x and (plan.snake_first or plan.context == 0))
-        if plan.context:
-            state = contexts[plan.module]
-            if plan.snake_first:  # the context is the conv's (snaked) input: the buffer's last L rows
-                state.view(batch, plan.context, cin).copy_(x[:, length:])
-            else:
-                roll_context(x, state, plan.context)
-        return y.view(batch, length * plan.upsample, cout // plan.upsample)
 
 
 _COUNTERS: dict[torch.device, Tensor] = {}  # per-tile arrival counts of split convs, left at zero

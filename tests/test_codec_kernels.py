@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from engine.batched_vocoder import SlotVocoder
-from engine.codec_kernels import FusedDecoder, _launch_conv, _plan
-from engine.models.codec import Codec
+from engine.codec_kernels import _launch_conv, _plan, snake_after_context
+from engine.fused_decoder import FusedDecoder, launch_unit
+from engine.models.codec import Codec, ResidualUnit
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 from tests.test_vocoder import HOP, make_codec, random_codes
 
@@ -116,3 +117,57 @@ def test_fused_codec_decoder_needs_float32(codec: Codec) -> None:
         SlotVocoder(half, 2, fused=True)
     with pytest.raises(ValueError, match="float16 or float32 operands"):
         FusedDecoder(codec.decoder, torch.bfloat16)
+
+
+@OPERANDS
+@pytest.mark.parametrize("channels", [24, 48])
+@pytest.mark.parametrize("then", ["", "out_snake", "next"])
+def test_residual_unit_kernel_equals_two_convs(channels: int, then: str, operands: torch.dtype) -> None:
+    """One residual unit as one kernel (48 channels: parts of 32 + 16; 24: one part padded to 32)
+    against its k7 conv (second Snake in its epilogue) and k1 conv (plus the residual) as two kernels;
+    'out_snake': the output snaked for a transposed conv; 'next': Snake(output) also written after
+    the context rows of the next k7 conv's input buffer."""
+    torch.manual_seed(1)
+    batch, length = 3, 21
+    unit = ResidualUnit(channels, 3).to(DEVICE)
+    after, following = Snake1d(channels).to(DEVICE), Snake1d(channels).to(DEVICE)
+    with torch.no_grad():
+        for snake in (unit.block[0], unit.block[2], after, following):
+            snake.alpha.uniform_(0.5, 2.0)
+    dilated = _plan(unit.block[1], unit.block[0], snake_first=True, out_snake=unit.block[2], operands=operands)
+    pointwise = _plan(unit.block[3], None, out_snake=after if then == "out_snake" else None, operands=operands)
+    h = torch.randn(batch, length, channels, device=DEVICE)
+    ctx = torch.randn(batch, dilated.context * channels, device=DEVICE)
+    buf = snake_after_context(h, ctx, dilated.alpha, dilated.context, operands)
+    # two kernels
+    inner = torch.empty(batch, length, channels, dtype=operands, device=DEVICE)
+    _launch_conv(dilated, buf[:, dilated.context:], buf, None, None, inner, one_source=True)
+    want = torch.empty(batch, length, channels, dtype=operands if then == "out_snake" else torch.float32,
+                       device=DEVICE)
+    _launch_conv(pointwise, inner, inner, None, h, want, one_source=True)
+    # one kernel
+    got = torch.empty_like(want)
+    nxt = torch.full((batch, 5 + length, channels), 7.0, dtype=operands, device=DEVICE) if then == "next" else None
+    launch_unit(dilated, pointwise, buf, h, got, nxt, following.alpha.flatten() if nxt is not None else None, 5)
+    tol = 2e-6 if operands == torch.float32 and not CUDA else 2e-3
+    torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
+    if nxt is not None:
+        assert torch.equal(nxt[:, :5], torch.full_like(nxt[:, :5], 7.0))  # the context rows are left alone
+        snaked = following(got.transpose(1, 2)).transpose(1, 2).to(operands)
+        torch.testing.assert_close(nxt[:, 5:].float(), snaked.float(), atol=tol, rtol=tol)
+
+
+@OPERANDS
+def test_fused_units_equal_two_kernel_units(codec: Codec, operands: torch.dtype) -> None:
+    """The decoder with its residual units as one kernel each against the same decoder with each unit
+    as two convs, over pushes that carry every conv's context from one to the next."""
+    one, two = SlotVocoder(codec, 2, fused=True), SlotVocoder(codec, 2, fused=True)
+    one.fused = FusedDecoder(codec.decoder, operands)
+    two.fused = FusedDecoder(codec.decoder, operands, fused_units=False)
+    # the same products in both; on the GPU TF32 tiles of other shapes may sum them in another order
+    tol = 1e-5 if operands == torch.float32 and not CUDA else 1e-3
+    for i, n in enumerate([1, 3, 2]):
+        codes, index = random_codes(2, n, seed=10 + i).to(DEVICE), torch.tensor([1, 0], device=DEVICE)
+        got, want = one.push(index, codes), two.push(index, codes)
+        torch.testing.assert_close(got, want, atol=tol, rtol=0)
+    torch.testing.assert_close(one.state, two.state, atol=tol, rtol=0)
