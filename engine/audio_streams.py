@@ -51,7 +51,7 @@ class _Decoded:
 class AudioStreams:
     def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True,
                  fused: bool | None = None) -> None:
-        """fused: decode with the codec kernels of codec_kernels.py (default: on CUDA in float32)."""
+        """fused: decode with the codec kernels of fused_decoder.py (default: on CUDA in float32)."""
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
         # handful of shapes (each new conv shape costs a slow first call on the GPU).
         self.vocoder = SlotVocoder(codec, max_rows + 1, fused)

@@ -13,7 +13,7 @@ gathered and scattered the same way on the module path, and read and advanced wh
 (B, n) and nothing syncs with the host, so `push` can be captured in a CUDA graph per (B, n) with
 static `slots` / `codes` buffers.
 
-On CUDA (float32) the decoder part runs through the fused kernels of `engine/codec_kernels.py` (float16
+On CUDA (float32) the decoder part runs through the fused kernels of `engine/fused_decoder.py` (float16
 products, float32 activations), whose convolutions keep their context in the same slices as [L, C_in]
 rows (channels-last); the transformer (its attention in `engine/window_attention.py`) and the
 upsampling blocks before it take the layer walk either way.
@@ -153,7 +153,7 @@ class SlotVocoder:
     """Incremental `Codec.decode` of up to `max_slots` independent streams, any subset per call."""
 
     def __init__(self, codec: Codec, max_slots: int, fused: bool | None = None) -> None:
-        """fused: run the decoder with the kernels of codec_kernels.py (default: on CUDA in float32)."""
+        """fused: run the decoder with the kernels of fused_decoder.py (default: on CUDA in float32)."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be ≥ 1, got {max_slots}")
         self.codec, self.max_slots = codec, max_slots

@@ -7,9 +7,9 @@ convolution is one implicit-GEMM kernel on tensor cores that
 
 - reads its left context straight from the carried state and the new input from the previous layer
   (no concatenation),
-- gets its input already snaked: a k7 conv from a pass that writes [context; snake(input)] once, a
-  k1 or transposed conv from the epilogue of the conv before it (the Snake can also be applied while
-  loading),
+- gets its input already snaked: a k7 conv from a pass that writes [context; snake(input)] once (or
+  from the residual unit before it, engine/fused_decoder.py), a k1 or transposed conv from the
+  epilogue of the conv before it (the Snake can also be applied while loading),
 - adds the bias, the residual, the next layer's Snake (before a k1 or transposed conv) and the final
   tanh before storing.
 

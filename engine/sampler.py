@@ -1,8 +1,9 @@
 """Batched reference-exact sampling with per-row parameters, counter-based noise and RAS.
 
-Semantics (per sampled distribution): sort logits (descending, equal values in index order); cumulative softmax of the *untempered* logits;
-drop rank r when cum[r] > top_p or r >= top_k (rank 0 always kept, so the token that crosses top_p is
-itself dropped); divide by max(temperature, 1e-5); softmax; pick argmax(p / E) with E ~ Exp(1).
+Semantics (per sampled distribution): sort logits (descending, equal values in index order);
+cumulative softmax of the *untempered* logits; drop rank r when cum[r] > top_p or r >= top_k (rank 0
+always kept, so the token that crosses top_p is itself dropped); divide by max(temperature, 1e-5);
+softmax; pick argmax(p / E) with E ~ Exp(1).
 
 The exponential noise is a pure function of (seed, counter, vocabulary index), computed with integer
 hashing on the device. A request's draws therefore depend only on its seed and its position in the
