@@ -197,12 +197,12 @@ class FusedDecoder:
             h = self.conv(up, h, contexts)
             rows, channels = h.shape[0] * h.shape[1], h.shape[-1]
             fused = self.fused_units and channels <= FUSED_UNIT_CHANNELS and rows >= FUSED_UNIT_ROWS
+            after_units = self.last if i == len(self.blocks) - 1 else None  # the next snake-first conv
             for j, (dilated, pointwise) in enumerate(units):
                 if not fused:
                     h = self.conv(pointwise, self.conv(dilated, h, contexts), contexts, residual=h)
                     continue
-                last_block = i == len(self.blocks) - 1
-                following = units[j + 1][0] if j + 1 < len(units) else self.last if last_block else None
+                following = units[j + 1][0] if j + 1 < len(units) else after_units
                 h, buf = self.unit(dilated, pointwise, h, buf, contexts, following)
         return self.conv(self.last, h, contexts, buffer=buf)[..., 0]
 
@@ -224,14 +224,20 @@ class FusedDecoder:
             y = torch.empty_like(h, dtype=self.operands if snaked else torch.float32)
         launch_unit(dilated, pointwise, buf, h, y, nxt, following.alpha if following else None,
                     following.context if following else 0)
-        contexts[dilated.module].view(batch, dilated.context, channels).copy_(buf[:, length:])
+        self._keep_context(dilated, buf, contexts)
         return y, nxt
 
     @staticmethod
     def _fill_context(plan: ConvPlan, buf: Tensor, contexts: dict[nn.Module, Tensor]) -> None:
-        """buf[:, :L] <- the conv's carried (snaked) context."""
+        """buf [B, L + T, C][:, :L] <- a snake-first conv's carried (snaked) context."""
         batch, _, channels = buf.shape
         buf[:, :plan.context].copy_(contexts[plan.module].view(batch, plan.context, channels))
+
+    @staticmethod
+    def _keep_context(plan: ConvPlan, buf: Tensor, contexts: dict[nn.Module, Tensor]) -> None:
+        """A snake-first conv's carried context <- the last L rows of its input buffer [B, L + T, C]."""
+        batch, total, channels = buf.shape
+        contexts[plan.module].view(batch, plan.context, channels).copy_(buf[:, total - plan.context:])
 
     def conv(self, plan: ConvPlan, x: Tensor | None, contexts: dict[nn.Module, Tensor],
              residual: Tensor | None = None, buffer: Tensor | None = None) -> Tensor:
@@ -244,10 +250,10 @@ class FusedDecoder:
             ctx = contexts.get(plan.module)
             buffer = snake_after_context(x, x if ctx is None else ctx, plan.alpha, plan.context, plan.weight.dtype)
         if buffer is not None:
-            batch, length, cin = buffer.shape[0], buffer.shape[1] - plan.context, buffer.shape[2]
+            batch, length = buffer.shape[0], buffer.shape[1] - plan.context
             x, ctx, alpha, one_source = buffer[:, plan.context:], buffer, None, True
         else:
-            batch, length, cin = x.shape
+            batch, length = x.shape[:2]
             ctx = contexts.get(plan.module)
             if ctx is None or plan.context == 0:
                 ctx = x
@@ -258,9 +264,8 @@ class FusedDecoder:
         y = torch.empty(batch, length, cout, dtype=dtype, device=x.device)
         _launch_conv(plan, x, ctx, alpha, residual, y, one_source=one_source)
         if plan.context:
-            state = contexts[plan.module]
-            if buffer is not None:  # the context is the conv's (snaked) input: the buffer's last L rows
-                state.view(batch, plan.context, cin).copy_(buffer[:, length:])
+            if buffer is not None:  # the context is the conv's (snaked) input
+                self._keep_context(plan, buffer, contexts)
             else:
-                roll_context(x, state, plan.context)
+                roll_context(x, contexts[plan.module], plan.context)
         return y.view(batch, length * plan.upsample, cout // plan.upsample)
