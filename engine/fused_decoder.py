@@ -33,17 +33,11 @@ from engine.models.codec import Decoder
 
 
 @triton.jit
-def _k7_part(v, w_ptr, j, ci, ci_mask, co, co_mask, C, acc, PRECISION: tl.constexpr):
-    """acc + v @ w[j][co, ci].T (the weight [taps, C_out, C_in], C_in contiguous)."""
-    w = tl.load(w_ptr + (j * C + co)[None, :] * C + ci[:, None], mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
-    return tl.dot(v.to(w.dtype), w, acc, input_precision=PRECISION)
-
-
-@triton.jit
-def _k1_part(h, w_ptr, ci, ci_mask, co, co_mask, C, acc, PRECISION: tl.constexpr):
-    """acc + h @ w[co, ci].T for one (input part, output part) of the k1 weight [C_out, C_in]."""
+def _dot_part(a, w_ptr, ci, ci_mask, co, co_mask, C, acc, PRECISION: tl.constexpr):
+    """acc + a @ w[co, ci].T for one (input part, output part) of a [C_out, C_in] weight (C_in
+    contiguous; a tap of the k7 weight [taps, C_out, C_in] is w_ptr + j·C·C), a in the weight's type."""
     w = tl.load(w_ptr + co[None, :] * C + ci[:, None], mask=ci_mask[:, None] & co_mask[None, :], other=0.0)
-    return tl.dot(h, w, acc, input_precision=PRECISION)
+    return tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -88,20 +82,20 @@ def _unit_kernel(buf_ptr, w7_ptr, b7_ptr, alpha_ptr, w1_ptr, b1_ptr, res_ptr, y_
         ci_mask = ci < C
         src = b * buf_bstride + (L + t - (6 - j) * dilation) * C
         v = tl.load(buf_ptr + src[:, None] + ci[None, :], mask=r_mask[:, None] & ci_mask[None, :], other=0.0)
-        acc_a = _k7_part(v, w7_ptr, j, ci, ci_mask, ca, ca_mask, C, acc_a, PRECISION)
+        acc_a = _dot_part(v, w7_ptr + j * C * C, ci, ci_mask, ca, ca_mask, C, acc_a, PRECISION)
         if PART_B > 0:
-            acc_b = _k7_part(v, w7_ptr, j, ci, ci_mask, cb, cb_mask, C, acc_b, PRECISION)
+            acc_b = _dot_part(v, w7_ptr + j * C * C, ci, ci_mask, cb, cb_mask, C, acc_b, PRECISION)
     # the second Snake, rounded to the operand type as the two-kernel path stores it
     dtype = w1_ptr.dtype.element_ty
     h_a = _snake(acc_a + tl.load(b7_ptr + ca, mask=ca_mask, other=0.0)[None, :], alpha_ptr, ca, ca_mask).to(dtype)
-    o_a = _k1_part(h_a, w1_ptr, ca, ca_mask, ca, ca_mask, C, tl.zeros((BLOCK_R, PART_A), tl.float32), PRECISION)
+    o_a = _dot_part(h_a, w1_ptr, ca, ca_mask, ca, ca_mask, C, tl.zeros((BLOCK_R, PART_A), tl.float32), PRECISION)
     if PART_B > 0:
         h_b = _snake(acc_b + tl.load(b7_ptr + cb, mask=cb_mask, other=0.0)[None, :], alpha_ptr, cb, cb_mask)
         h_b = h_b.to(dtype)
-        o_a = _k1_part(h_b, w1_ptr, cb, cb_mask, ca, ca_mask, C, o_a, PRECISION)
-        o_b = _k1_part(h_a, w1_ptr, ca, ca_mask, cb, cb_mask, C, tl.zeros((BLOCK_R, PART_B_PAD), tl.float32),
+        o_a = _dot_part(h_b, w1_ptr, cb, cb_mask, ca, ca_mask, C, o_a, PRECISION)
+        o_b = _dot_part(h_a, w1_ptr, ca, ca_mask, cb, cb_mask, C, tl.zeros((BLOCK_R, PART_B_PAD), tl.float32),
                        PRECISION)
-        o_b = _k1_part(h_b, w1_ptr, cb, cb_mask, cb, cb_mask, C, o_b, PRECISION)
+        o_b = _dot_part(h_b, w1_ptr, cb, cb_mask, cb, cb_mask, C, o_b, PRECISION)
         _unit_out(o_b, cb, cb_mask, r, r_mask, b, t, C, b1_ptr, res_ptr, y_ptr, out_alpha_ptr, next_ptr,
                   next_alpha_ptr, next_L, next_bstride, STORE_Y, OUT_SNAKE, NEXT)
     _unit_out(o_a, ca, ca_mask, r, r_mask, b, t, C, b1_ptr, res_ptr, y_ptr, out_alpha_ptr, next_ptr, next_alpha_ptr,
@@ -185,7 +179,7 @@ class FusedDecoder:
                               plan(u.block[3], None, out_snake=blocks[i + 1][0] if feeds_up else None)))
             self.blocks.append((plan(up, None), plans))
         self.last = plan(layers[-2], layers[-3], snake_first=True, tanh=True)
-        self.operands, self.fused_units = operands, fused_units
+        self.fused_units = fused_units
         counters(self.first.weight.device)
 
     def run(self, x: Tensor, contexts: dict[nn.Module, Tensor]) -> Tensor:
@@ -211,17 +205,18 @@ class FusedDecoder:
         """One residual unit on h [B, T, C] (buf: its k7 conv's input, if the unit before wrote it);
         returns (output, the input buffer of `following`, a snake-first conv, or None)."""
         batch, length, channels = h.shape
+        operands = dilated.weight.dtype
         if buf is None:
-            buf = snake_after_context(h, contexts[dilated.module], dilated.alpha, dilated.context, self.operands)
+            buf = snake_after_context(h, contexts[dilated.module], dilated.alpha, dilated.context, operands)
         else:
             self._fill_context(dilated, buf, contexts)
         nxt = None
         if following is not None:
-            nxt = torch.empty(batch, following.context + length, channels, dtype=self.operands, device=h.device)
+            nxt = torch.empty(batch, following.context + length, channels, dtype=operands, device=h.device)
         y = None
         if following is not self.last:  # the last conv reads only the snaked copy
             snaked = pointwise.out_alpha is not None
-            y = torch.empty_like(h, dtype=self.operands if snaked else torch.float32)
+            y = torch.empty_like(h, dtype=operands if snaked else torch.float32)
         launch_unit(dilated, pointwise, buf, h, y, nxt, following.alpha if following else None,
                     following.context if following else 0)
         self._keep_context(dilated, buf, contexts)
