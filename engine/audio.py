@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,6 +38,20 @@ _INT16_SCALE = 32768.0  # the scale soundfile and ffmpeg read int16 with, so k /
 
 class AudioError(ValueError):
     """Unusable audio or an unsupported format; the message says what the user can change."""
+
+
+@dataclass(frozen=True)
+class DecodedClip:
+    """An uploaded clip: mono float32 at SAMPLE_RATE (what the codec encodes) and the same audio, mono,
+    at the file's own rate (what a voice library stores losslessly)."""
+
+    samples: np.ndarray  # float32 [n] at SAMPLE_RATE
+    native: np.ndarray  # float32 [m] at native_rate
+    native_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.native) / self.native_rate
 
 
 def load_audio(
