@@ -1,164 +1,78 @@
-"""Store: the voice library and the generation history, in SQLite plus audio files under the data dir.
+"""Store: each owner's voice library and take history, in SQLite plus compact audio files, on bounded disk.
 
-Layout: `data_dir/s2pro.sqlite3` (WAL mode) holds the rows; `data_dir/voices/<id>.wav` (32-bit float,
-so a downloaded clip re-encodes to the very same codes) and `data_dir/history/<id>.wav` (16-bit PCM,
-what users play and download) hold the audio. Codec codes live in the database, keyed by the SHA-256
-of the clip's float32 samples, so the same clip is encoded once however often it is uploaded.
+Layout under data_dir: `s2pro.sqlite3` (WAL) holds the rows (schema in store_schema.py);
+`voices/<audio sha256>.flac` holds a clip (24-bit at its own rate, one file however many voices use it);
+`history/<take id>.flac` a take (16-bit); `exports/<take id>/` the files the web layer rendered from it.
+Codec codes live in the database, keyed by the SHA-256 of the clip's float32 samples at 44.1 kHz.
 
-Ids are generated here (`voice_<16 hex>`, `hist_<16 hex>`) and every path is built from an id that
-matches that pattern, so no caller-supplied string ever names a file. One lock serialises writers
-(file and row change together); every call opens its own short-lived connection, so any thread may
-call any method.
+Owners: every voice and take belongs to an opaque owner string ("s:<session>", "api", "shared") and every
+method sees only its owner's rows: another owner's id behaves exactly like an unknown one. The codes cache
+is owner-free: it maps audio content to codes, and its key cannot be guessed without the audio.
+
+Ids are generated here and every path is built from an id or hash matching its pattern, so no
+caller-supplied string ever names a file. One lock serialises writers (file, row and the running byte
+count change together); every call opens its own short-lived connection, so any thread may call any method.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
-import re
+import logging
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, float_to_int16
+from engine.audio import SAMPLE_RATE, DecodedClip
+from playground.store_files import codes_array, codes_blob, name_key, quote, tree_bytes, write_clip, write_take
+from playground.store_types import (HISTORY_ID, MAX_NAME_CHARS, MAX_TRANSCRIPT_CHARS, RESERVED_NAMES, VOICE_ID, SHA256,
+                                    DuplicateName, HistoryEntry, LibraryFull, StoreLimits, Voice, audio_sha256,
+                                    check_name, check_owner, check_transcript)
+from playground.store_schema import SHARED_OWNER, prepare
+
+log = logging.getLogger(__name__)
 
 DB_FILE = "s2pro.sqlite3"
-MAX_NAME_CHARS = 64
-MAX_TRANSCRIPT_CHARS = 5000
-VOICE_ID = re.compile(r"voice_[0-9a-f]{16}")
-HISTORY_ID = re.compile(r"hist_[0-9a-f]{16}")
-# The speech API reads these `voice` values as "the model's own voice"; a saved voice may not take them.
-RESERVED_NAMES = frozenset({"default", "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova",
-                            "sage", "shimmer", "verse", "marin", "cedar"})
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS voices (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE, transcript TEXT NOT NULL,
-    created_at REAL NOT NULL, duration_s REAL NOT NULL, audio_sha256 TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS codes (audio_sha256 TEXT PRIMARY KEY, codes BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS history (
-    id TEXT PRIMARY KEY, created_at REAL NOT NULL, text TEXT NOT NULL, voice_id TEXT, voice_name TEXT,
-    params TEXT NOT NULL, seed INTEGER NOT NULL, stats TEXT NOT NULL, duration_s REAL NOT NULL,
-    chunks TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS history_created ON history (created_at);
-"""
-
-
-class DuplicateName(ValueError):
-    """Another voice already has this name (names are unique, case-insensitively)."""
-
-
-@dataclass(frozen=True)
-class Voice:
-    id: str
-    name: str
-    transcript: str
-    created_at: float  # unix seconds
-    duration_s: float
-    audio_sha256: str
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    id: str
-    created_at: float  # unix seconds
-    text: str
-    voice_id: str | None
-    voice_name: str | None
-    params: dict
-    seed: int
-    stats: dict
-    duration_s: float
-    chunks: list[dict]  # per text chunk: {text, start_sample, end_sample}
-
-
-def audio_sha256(samples: np.ndarray) -> str:
-    """The content key of a clip: SHA-256 of its float32 samples (the engine's codes cache uses the same)."""
-    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
-
-
-def check_name(name: str) -> str:
-    """The cleaned voice name (surrounding spaces dropped), or ValueError saying what to change."""
-    if not isinstance(name, str):
-        raise ValueError("the voice name must be a string")
-    name = name.strip()
-    if not 1 <= len(name) <= MAX_NAME_CHARS:
-        raise ValueError(f"the voice name must have 1 to {MAX_NAME_CHARS} characters, got {len(name)}")
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        raise ValueError("the voice name must not contain control or invisible characters")
-    if name.lower() in RESERVED_NAMES:
-        raise ValueError(f"the voice name {name!r} is reserved: in the speech API it selects the model's "
-                         "own voice; choose another name")
-    if VOICE_ID.fullmatch(name) or HISTORY_ID.fullmatch(name):
-        raise ValueError("the voice name must not look like a generated id")
-    return name
-
-
-def check_transcript(transcript: str) -> str:
-    transcript = transcript.strip() if isinstance(transcript, str) else ""
-    if not transcript:
-        raise ValueError("the transcript is empty: type exactly what the clip says")
-    if len(transcript) > MAX_TRANSCRIPT_CHARS:
-        raise ValueError(f"the transcript has {len(transcript)} characters; the limit is {MAX_TRANSCRIPT_CHARS}")
-    return transcript
-
-
-def _codes_blob(codes: np.ndarray) -> bytes:
-    codes = np.asarray(codes)
-    if codes.ndim != 2 or codes.shape[0] != 10 or codes.shape[1] < 1 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"codes must be an integer array [10, N >= 1], got {codes.dtype} {codes.shape}")
-    buf = io.BytesIO()
-    np.save(buf, codes.astype(np.int64), allow_pickle=False)
-    return buf.getvalue()
-
-
-def _codes_array(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(blob), allow_pickle=False)
-
-
-def _write_wav(path: Path, samples: np.ndarray, subtype: str) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves a half-written clip behind a row."""
-    samples = np.asarray(samples, dtype=np.float32)
-    if subtype == "PCM_16":  # the API's own rounding and clipping, so stored and served audio agree
-        samples = float_to_int16(samples)
-    tmp = path.with_suffix(".tmp")
-    sf.write(tmp, samples, SAMPLE_RATE, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
+EXPORTS_DIR = "exports"
+__all__ = ["Store", "StoreLimits", "Voice", "HistoryEntry", "DuplicateName", "LibraryFull", "audio_sha256",
+           "check_name", "check_transcript", "RESERVED_NAMES", "VOICE_ID", "HISTORY_ID", "MAX_NAME_CHARS",
+           "MAX_TRANSCRIPT_CHARS", "EXPORTS_DIR", "SHARED_OWNER", "DB_FILE"]
 
 
 def _voice(row: sqlite3.Row) -> Voice:
-    return Voice(row["id"], row["name"], row["transcript"], row["created_at"], row["duration_s"],
+    return Voice(row["id"], row["owner"], row["name"], row["transcript"], row["created_at"], row["duration_s"],
                  row["audio_sha256"])
 
 
 def _entry(row: sqlite3.Row) -> HistoryEntry:
-    return HistoryEntry(row["id"], row["created_at"], row["text"], row["voice_id"], row["voice_name"],
-                        json.loads(row["params"]), row["seed"], json.loads(row["stats"]), row["duration_s"],
-                        json.loads(row["chunks"]))
+    return HistoryEntry(row["id"], row["owner"], row["created_at"], row["text"], row["voice_id"],
+                        row["voice_name"], json.loads(row["params"]), row["seed"], json.loads(row["stats"]),
+                        row["duration_s"], json.loads(row["chunks"]))
 
 
 class Store:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, limits: StoreLimits = StoreLimits()) -> None:
         self.data_dir = Path(data_dir)
+        self.limits = limits
         self.voices_dir = self.data_dir / "voices"
         self.history_dir = self.data_dir / "history"
-        for d in (self.voices_dir, self.history_dir):
+        self.exports_root = self.data_dir / EXPORTS_DIR
+        for d in (self.voices_dir, self.history_dir, self.exports_root):
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.data_dir / DB_FILE
         self._lock = threading.RLock()
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        with self._lock:
+            prepare(self.db_path, self.data_dir)
+            with self._db() as db:  # the running count starts from the sizes the rows hold: no tree walk
+                clips = db.execute("SELECT COALESCE(SUM(num_bytes), 0) FROM clips").fetchone()[0]
+                takes = db.execute("SELECT COALESCE(SUM(audio_bytes + export_bytes), 0) FROM history").fetchone()[0]
+            self._disk_bytes = int(clips) + int(takes)
+            self._fit_disk(keep=None)  # the operator may have lowered max_disk_mb
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -171,170 +85,284 @@ class Store:
         finally:
             db.close()
 
+    def disk_bytes(self) -> int:
+        """Bytes of the store's files (voice clips, takes, exports), kept as a running count."""
+        return self._disk_bytes
+
     # -- voices -------------------------------------------------------------------------------
-    def add_voice(self, name: str, samples: np.ndarray, transcript: str, codes: np.ndarray) -> Voice:
-        """Save a clip, its transcript and its codes [10, N]. ValueError / DuplicateName on bad input."""
-        name, transcript = check_name(name), check_transcript(transcript)
-        samples = np.asarray(samples, dtype=np.float32)
+    def add_voice(self, owner: str, name: str, clip: DecodedClip, transcript: str, codes: np.ndarray) -> Voice:
+        """Save a clip, its transcript and its codes [10, N]. ValueError / DuplicateName / LibraryFull."""
+        owner, name, transcript = check_owner(owner), check_name(name), check_transcript(transcript)
+        samples = np.asarray(clip.samples, dtype=np.float32)
         if samples.ndim != 1 or len(samples) == 0:
             raise ValueError(f"voice audio must be non-empty mono samples, got shape {samples.shape}")
-        blob = _codes_blob(codes)
-        voice = Voice(f"voice_{secrets.token_hex(8)}", name, transcript, time.time(),
+        blob, now = codes_blob(codes), time.time()
+        voice = Voice(f"voice_{secrets.token_hex(8)}", owner, name, transcript, now,
                       len(samples) / SAMPLE_RATE, audio_sha256(samples))
         with self._lock:
-            self._check_free(name)
-            path = self.voices_dir / f"{voice.id}.wav"
-            _write_wav(path, samples, "FLOAT")
+            self._check_room(owner, name)
+            path, new_bytes = self._clip_path(voice.audio_sha256), 0
+            with self._db() as db:
+                clip_row = db.execute("SELECT 1 FROM clips WHERE audio_sha256 = ?", (voice.audio_sha256,)).fetchone()
+            if clip_row is None:  # identical clips are stored once, whoever saves them
+                new_bytes = write_clip(path, clip.native, clip.native_rate)
             try:
                 with self._db() as db:
-                    db.execute("INSERT OR REPLACE INTO codes VALUES (?, ?)", (voice.audio_sha256, blob))
-                    db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
-                               (voice.id, voice.name, voice.transcript, voice.created_at, voice.duration_s,
-                                voice.audio_sha256))
+                    if new_bytes:
+                        db.execute("INSERT INTO clips VALUES (?, ?, ?)",
+                                   (voice.audio_sha256, int(clip.native_rate), new_bytes))
+                    db.execute("INSERT OR REPLACE INTO codes VALUES (?, ?, ?)", (voice.audio_sha256, blob, now))
+                    db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (voice.id, owner, name, name_key(name), transcript, now, voice.duration_s,
+                                voice.audio_sha256, now))
             except BaseException:
-                path.unlink(missing_ok=True)
+                if new_bytes:
+                    path.unlink(missing_ok=True)
                 raise
+            self._disk_bytes += new_bytes
+            self._fit_disk(keep=voice.id)
         return voice
 
-    def _check_free(self, name: str, except_id: str | None = None) -> None:
-        other = self._voice_by_name(name)
-        if other is not None and other.id != except_id:
-            raise DuplicateName(f"a voice named {other.name!r} already exists ({other.id}); choose another name")
-
-    def _voice_by_name(self, name: str) -> Voice | None:
+    def _check_room(self, owner: str, name: str, except_id: str | None = None) -> None:
         with self._db() as db:
-            row = db.execute("SELECT * FROM voices WHERE name = ?", (name,)).fetchone()
-        return None if row is None else _voice(row)
+            other = db.execute("SELECT * FROM voices WHERE owner = ? AND name_key = ?",
+                               (owner, name_key(name))).fetchone()
+            count = db.execute("SELECT COUNT(*) FROM voices WHERE owner = ?", (owner,)).fetchone()[0]
+        if other is not None and other["id"] != except_id:
+            raise DuplicateName(f"a voice named {quote(other['name'])} already exists ({other['id']}); "
+                                "choose another name")
+        if except_id is None and count >= self.limits.max_voices_per_owner:
+            raise LibraryFull(f"the voice library is full ({self.limits.max_voices_per_owner} voices); "
+                              "delete one first")
 
-    def list_voices(self) -> list[Voice]:
-        """All voices, alphabetically by name."""
+    def _clip_path(self, sha: str) -> Path:
+        assert SHA256.fullmatch(sha), sha
+        return self.voices_dir / f"{sha}.flac"
+
+    def list_voices(self, owner: str) -> list[Voice]:
+        """The owner's voices, alphabetically by name (ignoring case)."""
         with self._db() as db:
-            rows = db.execute("SELECT * FROM voices ORDER BY name COLLATE NOCASE, id").fetchall()
+            rows = db.execute("SELECT * FROM voices WHERE owner = ? ORDER BY name_key, id",
+                              (check_owner(owner),)).fetchall()
         return [_voice(r) for r in rows]
 
-    def get_voice(self, id_or_name: str) -> Voice | None:
-        """Look a voice up by its id, else by its name (case-insensitive)."""
-        if not isinstance(id_or_name, str):
+    def get_voice(self, owner: str, id_or_name: str) -> Voice | None:
+        """The owner's voice with this id, else with this name (after NFKC and case folding)."""
+        owner = check_owner(owner)
+        if not isinstance(id_or_name, str) or len(id_or_name) > 4 * MAX_NAME_CHARS:
             return None
-        if VOICE_ID.fullmatch(id_or_name):
-            with self._db() as db:
-                row = db.execute("SELECT * FROM voices WHERE id = ?", (id_or_name,)).fetchone()
-            return None if row is None else _voice(row)
-        return self._voice_by_name(id_or_name.strip())
+        column, value = ("id", id_or_name) if VOICE_ID.fullmatch(id_or_name) else ("name_key", name_key(id_or_name.strip()))
+        with self._db() as db:
+            row = db.execute(f"SELECT * FROM voices WHERE owner = ? AND {column} = ?", (owner, value)).fetchone()
+        return None if row is None else _voice(row)
 
-    def rename_voice(self, voice_id: str, name: str) -> Voice:
+    def _require_voice(self, owner: str, voice_id: str) -> Voice:
+        voice = self.get_voice(owner, voice_id) if VOICE_ID.fullmatch(str(voice_id)) else None
+        if voice is None:
+            raise KeyError(f"no voice with id {quote(voice_id)}")
+        return voice
+
+    def rename_voice(self, owner: str, voice_id: str, name: str) -> Voice:
         """Rename; KeyError for an unknown id, ValueError / DuplicateName for a bad name."""
         name = check_name(name)
         with self._lock:
-            voice = self._require_voice(voice_id)
-            self._check_free(name, except_id=voice.id)
+            voice = self._require_voice(owner, voice_id)
+            self._check_room(voice.owner, name, except_id=voice.id)
             with self._db() as db:
-                db.execute("UPDATE voices SET name = ? WHERE id = ?", (name, voice.id))
-        return Voice(voice.id, name, voice.transcript, voice.created_at, voice.duration_s, voice.audio_sha256)
+                db.execute("UPDATE voices SET name = ?, name_key = ? WHERE id = ?", (name, name_key(name), voice.id))
+        return Voice(voice.id, voice.owner, name, voice.transcript, voice.created_at, voice.duration_s,
+                     voice.audio_sha256)
 
-    def delete_voice(self, voice_id: str) -> bool:
-        """Remove the voice, its clip, and its codes unless another voice shares the same clip."""
+    def delete_voice(self, owner: str, voice_id: str) -> bool:
+        """Remove the voice; its clip file and codes go with the last voice that uses them."""
         with self._lock:
-            voice = self.get_voice(voice_id) if VOICE_ID.fullmatch(str(voice_id)) else None
+            voice = self.get_voice(owner, voice_id) if VOICE_ID.fullmatch(str(voice_id)) else None
             if voice is None:
                 return False
-            with self._db() as db:
-                db.execute("DELETE FROM voices WHERE id = ?", (voice.id,))
-                db.execute("DELETE FROM codes WHERE audio_sha256 = ? AND NOT EXISTS "
-                           "(SELECT 1 FROM voices WHERE audio_sha256 = ?)", (voice.audio_sha256,) * 2)
-            (self.voices_dir / f"{voice.id}.wav").unlink(missing_ok=True)
+            self._drop_voice(voice.id, voice.audio_sha256)
         return True
 
-    def _require_voice(self, voice_id: str) -> Voice:
-        voice = self.get_voice(voice_id) if VOICE_ID.fullmatch(str(voice_id)) else None
-        if voice is None:
-            raise KeyError(f"no voice with id {voice_id!r}")
-        return voice
-
-    def voice_codes(self, voice_id: str) -> np.ndarray:
-        """The voice's codes [10, N] int64; KeyError for an unknown id."""
-        codes = self.cached_codes(self._require_voice(voice_id).audio_sha256)
-        assert codes is not None, f"voice {voice_id} has no codes row"
-        return codes
-
-    def voice_audio_path(self, voice_id: str) -> Path:
-        """The stored clip (float WAV); KeyError for an unknown id."""
-        return self.voices_dir / f"{self._require_voice(voice_id).id}.wav"
-
-    def cached_codes(self, audio_sha256: str) -> np.ndarray | None:
+    def _drop_voice(self, voice_id: str, sha: str) -> None:
         with self._db() as db:
+            db.execute("DELETE FROM voices WHERE id = ?", (voice_id,))
+            last = db.execute("SELECT 1 FROM voices WHERE audio_sha256 = ?", (sha,)).fetchone() is None
+            clip = db.execute("SELECT num_bytes FROM clips WHERE audio_sha256 = ?", (sha,)).fetchone()
+            if last:  # a deleted voice leaves nothing of itself behind
+                db.execute("DELETE FROM clips WHERE audio_sha256 = ?", (sha,))
+                db.execute("DELETE FROM codes WHERE audio_sha256 = ?", (sha,))
+        if last and clip is not None:
+            self._clip_path(sha).unlink(missing_ok=True)
+            self._disk_bytes -= clip["num_bytes"]
+
+    def voice_codes(self, owner: str, voice_id: str) -> np.ndarray:
+        """The voice's codes [10, N] int64 (and marks it used); KeyError for an unknown or deleted id."""
+        owner = check_owner(owner)
+        if not VOICE_ID.fullmatch(str(voice_id)):
+            raise KeyError(f"no voice with id {quote(voice_id)}")
+        with self._lock, self._db() as db:  # one transaction: a voice deleted meanwhile is simply unknown
+            row = db.execute("SELECT c.codes FROM voices v JOIN codes c ON c.audio_sha256 = v.audio_sha256 "
+                             "WHERE v.id = ? AND v.owner = ?", (voice_id, owner)).fetchone()
+            if row is None:
+                raise KeyError(f"no voice with id {quote(voice_id)}")
+            db.execute("UPDATE voices SET used_at = ? WHERE id = ?", (time.time(), voice_id))
+        return codes_array(row["codes"])
+
+    def voice_audio_path(self, owner: str, voice_id: str) -> Path:
+        """The stored clip (24-bit FLAC at the upload's rate); KeyError for an unknown id."""
+        return self._clip_path(self._require_voice(owner, voice_id).audio_sha256)
+
+    # -- codes cache (owner-free: keyed by content) -------------------------------------------
+    def cached_codes(self, audio_sha256: str) -> np.ndarray | None:
+        if not isinstance(audio_sha256, str) or not SHA256.fullmatch(audio_sha256):
+            return None
+        with self._lock, self._db() as db:
             row = db.execute("SELECT codes FROM codes WHERE audio_sha256 = ?", (audio_sha256,)).fetchone()
-        return None if row is None else _codes_array(row["codes"])
+            if row is not None:
+                db.execute("UPDATE codes SET used_at = ? WHERE audio_sha256 = ?", (time.time(), audio_sha256))
+        return None if row is None else codes_array(row["codes"])
 
     def put_codes(self, audio_sha256: str, codes: np.ndarray) -> None:
-        if not re.fullmatch(r"[0-9a-f]{64}", audio_sha256):
+        if not isinstance(audio_sha256, str) or not SHA256.fullmatch(audio_sha256):
             raise ValueError("audio_sha256 must be 64 lowercase hex digits")
-        blob = _codes_blob(codes)
+        blob = codes_blob(codes)
         with self._lock, self._db() as db:
-            db.execute("INSERT OR REPLACE INTO codes VALUES (?, ?)", (audio_sha256, blob))
+            db.execute("INSERT OR REPLACE INTO codes VALUES (?, ?, ?)", (audio_sha256, blob, time.time()))
+            # Rows a voice uses never go; the others are a cache, kept to max_cached_codes by last use.
+            db.execute("DELETE FROM codes WHERE audio_sha256 IN (SELECT audio_sha256 FROM codes c WHERE NOT EXISTS "
+                       "(SELECT 1 FROM voices v WHERE v.audio_sha256 = c.audio_sha256) "
+                       "ORDER BY used_at DESC LIMIT -1 OFFSET ?)", (self.limits.max_cached_codes,))
 
     # -- history ------------------------------------------------------------------------------
-    def add_history(self, text: str, voice_id: str | None, voice_name: str | None, params: dict, seed: int,
-                    stats: dict, samples: np.ndarray, chunks: list[dict]) -> HistoryEntry:
+    def add_history(self, owner: str, text: str, voice_id: str | None, voice_name: str | None, params: dict,
+                    seed: int, stats: dict, samples: np.ndarray, chunks: list[dict]) -> HistoryEntry:
+        """Save a take (16-bit FLAC); beyond max_history_per_owner the owner's oldest takes go."""
+        owner = check_owner(owner)
         samples = np.asarray(samples, dtype=np.float32)
-        entry = HistoryEntry(f"hist_{secrets.token_hex(8)}", time.time(), text, voice_id, voice_name,
+        entry = HistoryEntry(f"hist_{secrets.token_hex(8)}", owner, time.time(), text, voice_id, voice_name,
                              dict(params), int(seed), dict(stats), len(samples) / SAMPLE_RATE, list(chunks))
         with self._lock:
-            path = self.history_dir / f"{entry.id}.wav"
-            _write_wav(path, samples, "PCM_16")
+            path = self._take_path(entry.id)
+            num_bytes = write_take(path, samples, SAMPLE_RATE)
             try:
                 with self._db() as db:
-                    db.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               (entry.id, entry.created_at, text, voice_id, voice_name, json.dumps(entry.params),
-                                entry.seed, json.dumps(entry.stats), entry.duration_s, json.dumps(entry.chunks)))
+                    db.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                               (entry.id, owner, entry.created_at, text, voice_id, voice_name,
+                                json.dumps(entry.params), entry.seed, json.dumps(entry.stats), entry.duration_s,
+                                json.dumps(entry.chunks), num_bytes))
             except BaseException:
                 path.unlink(missing_ok=True)
                 raise
+            self._disk_bytes += num_bytes
+            with self._db() as db:
+                extra = db.execute("SELECT id FROM history WHERE owner = ? ORDER BY created_at DESC, rowid DESC "
+                                   "LIMIT -1 OFFSET ?", (owner, self.limits.max_history_per_owner)).fetchall()
+            for row in extra:
+                self._drop_take(row["id"])
+            self._fit_disk(keep=entry.id)
         return entry
 
-    def list_history(self, limit: int = 100) -> list[HistoryEntry]:
-        """The newest `limit` entries, newest first."""
+    def _take_path(self, entry_id: str) -> Path:
+        assert HISTORY_ID.fullmatch(entry_id), entry_id
+        return self.history_dir / f"{entry_id}.flac"
+
+    def list_history(self, owner: str, limit: int = 100) -> list[HistoryEntry]:
+        """The owner's newest `limit` takes, newest first."""
         with self._db() as db:
-            rows = db.execute("SELECT * FROM history ORDER BY created_at DESC, rowid DESC LIMIT ?",
-                              (max(0, int(limit)),)).fetchall()
+            rows = db.execute("SELECT * FROM history WHERE owner = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                              (check_owner(owner), max(0, int(limit)))).fetchall()
         return [_entry(r) for r in rows]
 
-    def get_history(self, entry_id: str) -> HistoryEntry | None:
+    def get_history(self, owner: str, entry_id: str) -> HistoryEntry | None:
+        owner = check_owner(owner)
         if not isinstance(entry_id, str) or not HISTORY_ID.fullmatch(entry_id):
             return None
         with self._db() as db:
-            row = db.execute("SELECT * FROM history WHERE id = ?", (entry_id,)).fetchone()
+            row = db.execute("SELECT * FROM history WHERE id = ? AND owner = ?", (entry_id, owner)).fetchone()
         return None if row is None else _entry(row)
 
-    def _require_entry(self, entry_id: str) -> HistoryEntry:
-        entry = self.get_history(entry_id)
+    def _require_entry(self, owner: str, entry_id: str) -> HistoryEntry:
+        entry = self.get_history(owner, entry_id)
         if entry is None:
-            raise KeyError(f"no history entry with id {entry_id!r}")
+            raise KeyError(f"no history entry with id {quote(entry_id)}")
         return entry
 
-    def history_audio_path(self, entry_id: str) -> Path:
-        """The entry's 16-bit WAV; KeyError for an unknown id."""
-        return self.history_dir / f"{self._require_entry(entry_id).id}.wav"
+    def history_audio_path(self, owner: str, entry_id: str) -> Path:
+        """The take's 16-bit FLAC; KeyError for an unknown id."""
+        return self._take_path(self._require_entry(owner, entry_id).id)
 
-    def replace_history_audio(self, entry_id: str, samples: np.ndarray, chunks: list[dict]) -> HistoryEntry:
+    def replace_history_audio(self, owner: str, entry_id: str, samples: np.ndarray,
+                              chunks: list[dict]) -> HistoryEntry:
         """Swap in new audio (e.g. one chunk regenerated); KeyError for an unknown id."""
         samples = np.asarray(samples, dtype=np.float32)
         duration_s = len(samples) / SAMPLE_RATE
         with self._lock:
-            entry = self._require_entry(entry_id)
-            _write_wav(self.history_dir / f"{entry.id}.wav", samples, "PCM_16")
+            entry = self._require_entry(owner, entry_id)
             with self._db() as db:
-                db.execute("UPDATE history SET duration_s = ?, chunks = ? WHERE id = ?",
-                           (duration_s, json.dumps(list(chunks)), entry.id))
-        return HistoryEntry(entry.id, entry.created_at, entry.text, entry.voice_id, entry.voice_name,
+                old = db.execute("SELECT audio_bytes FROM history WHERE id = ?", (entry.id,)).fetchone()[0]
+            num_bytes = write_take(self._take_path(entry.id), samples, SAMPLE_RATE)
+            with self._db() as db:
+                db.execute("UPDATE history SET duration_s = ?, chunks = ?, audio_bytes = ? WHERE id = ?",
+                           (duration_s, json.dumps(list(chunks)), num_bytes, entry.id))
+            self._disk_bytes += num_bytes - old
+            self._fit_disk(keep=entry.id)
+        return HistoryEntry(entry.id, entry.owner, entry.created_at, entry.text, entry.voice_id, entry.voice_name,
                             entry.params, entry.seed, entry.stats, duration_s, list(chunks))
 
-    def delete_history(self, entry_id: str) -> bool:
+    def delete_history(self, owner: str, entry_id: str) -> bool:
+        """Remove the take, its audio and its exports folder."""
         with self._lock:
-            entry = self.get_history(entry_id)
+            entry = self.get_history(owner, entry_id)
             if entry is None:
                 return False
-            with self._db() as db:
-                db.execute("DELETE FROM history WHERE id = ?", (entry.id,))
-            (self.history_dir / f"{entry.id}.wav").unlink(missing_ok=True)
+            self._drop_take(entry.id)
         return True
+
+    def _drop_take(self, entry_id: str) -> None:
+        with self._db() as db:
+            row = db.execute("SELECT audio_bytes, export_bytes FROM history WHERE id = ?", (entry_id,)).fetchone()
+            db.execute("DELETE FROM history WHERE id = ?", (entry_id,))
+        if row is not None:
+            self._take_path(entry_id).unlink(missing_ok=True)
+            shutil.rmtree(self.exports_root / entry_id, ignore_errors=True)
+            self._disk_bytes -= row["audio_bytes"] + row["export_bytes"]
+
+    # -- exports (rendered downloads, written by the web layer) -------------------------------
+    def exports_dir(self, owner: str, entry_id: str) -> Path:
+        """The folder for files rendered from this take (created); deleted with the take. KeyError if unknown."""
+        path = self.exports_root / self._require_entry(owner, entry_id).id
+        path.mkdir(exist_ok=True)
+        return path
+
+    def track_exports(self, owner: str, entry_id: str) -> int:
+        """Count what the web layer wrote into exports_dir(owner, entry_id) (call after writing there);
+        measures only that folder. Returns its bytes; KeyError if the take is unknown (or was evicted)."""
+        with self._lock:
+            entry = self._require_entry(owner, entry_id)
+            num_bytes = tree_bytes(self.exports_root / entry.id)
+            with self._db() as db:
+                old = db.execute("SELECT export_bytes FROM history WHERE id = ?", (entry.id,)).fetchone()[0]
+                db.execute("UPDATE history SET export_bytes = ? WHERE id = ?", (num_bytes, entry.id))
+            self._disk_bytes += num_bytes - old
+            self._fit_disk(keep=entry.id)
+        return num_bytes
+
+    # -- bounded disk -------------------------------------------------------------------------
+    def _fit_disk(self, keep: str | None) -> None:
+        """Beyond max_disk_mb: the oldest takes of any owner go first, then the least recently used
+        voices; `keep` (what the caller just wrote) stays, even if it alone is over the cap."""
+        while self._disk_bytes > self.limits.max_disk_bytes:
+            with self._db() as db:
+                take = db.execute("SELECT id FROM history WHERE id IS NOT ? ORDER BY created_at, rowid LIMIT 1",
+                                  (keep,)).fetchone()
+                voice = None if take else db.execute(
+                    "SELECT id, audio_sha256 FROM voices WHERE id IS NOT ? ORDER BY used_at, rowid LIMIT 1",
+                    (keep,)).fetchone()
+            if take is not None:
+                self._drop_take(take["id"])
+            elif voice is not None:
+                log.info("disk cap: evicting voice %s", voice["id"])
+                self._drop_voice(voice["id"], voice["audio_sha256"])
+            else:
+                log.warning("store holds %d bytes, over max_disk_mb=%d, in one item", self._disk_bytes,
+                            self.limits.max_disk_mb)
+                return
