@@ -32,6 +32,7 @@ NUM_ROWS = NUM_CODEBOOKS + 1
 CODE_LIMIT = 4096
 PROMPT_LIMIT = 30_720
 MIN_CHUNK_CHARS = 32  # room for a carried speaker tag plus some text
+MAX_SPEAKER_DIGITS = 6  # so a carried <|speaker:N|> (at most 18 characters) leaves room in every chunk
 
 SYSTEM_PLAIN = "convert the provided text to speech"
 SYSTEM_CLONE = "convert the provided text to speech reference to the following:\n\nText:\n"
@@ -131,8 +132,10 @@ _CLOSERS = "\"'”’)」』»"
 # Cut levels, coarsest first; a cut goes right after a match (so trailing spaces stay with the piece).
 _LEVELS: tuple[re.Pattern[str], ...] = (
     # sentence ends: Latin terminators only before whitespace (keeps "3.14" whole), CJK ones
-    # anywhere (no spaces in CJK), any newline; closing quotes/brackets stay with their sentence
-    re.compile(rf"(?:[.!?…]+[{_CLOSERS}]*(?=\s|$)|[。！？]+[{_CLOSERS}]*|\n)\s*"),
+    # anywhere (no spaces in CJK), any newline; closing quotes/brackets stay with their sentence.
+    # Linear time: a run of terminators is tried only from its start (the lookbehind) and never given
+    # back (possessive), else "....a" backtracks quadratically; giving back could not make a match anyway.
+    re.compile(rf"(?:(?<![.!?…])[.!?…]++[{_CLOSERS}]*+(?=\s|$)|[。！？]+[{_CLOSERS}]*|\n)\s*"),
     re.compile(r"[,;:，；：、]\s*"),  # clause ends
     re.compile(r"\s+"),  # word ends
     re.compile(r".", re.DOTALL),  # anywhere: a run of letters with no space (CJK, URLs)
@@ -171,15 +174,32 @@ def split_text(text: str, max_chars: int) -> list[str]:
 def _speaker_turns(text: str) -> list[tuple[int | None, str]]:
     """Cut text before each speaker change; each turn carries the speaker active in it (None: untagged)."""
     turns: list[tuple[int | None, str]] = []
-    start, active = 0, None
+    start, active, spoken, prev_end = 0, None, False, 0
     for match in SPEAKER_TAG.finditer(text):
-        speaker = int(match.group(1))
-        if speaker != active and _has_speech(text[start:match.start()]):
+        # Speech since `start` is tracked gap by gap: re-reading text[start:] at every tag would be
+        # quadratic on a long run of tags that change speaker with nothing said between them.
+        spoken = spoken or not _blank(text, prev_end, match.start())
+        speaker = _speaker_number(match)
+        if speaker != active and spoken:
             turns.append((active, text[start:match.start()]))
-            start = match.start()
-        active = speaker
+            start, spoken = match.start(), False
+        active, prev_end = speaker, match.end()
     turns.append((active, text[start:]))
     return turns
+
+
+def _speaker_number(match: re.Match[str]) -> int:
+    digits = match.group(1)
+    # The tag is carried into every chunk of its turn, so it must stay short; int() of thousands of
+    # digits is also slow (and refused past 4,300 digits).
+    if len(digits) > MAX_SPEAKER_DIGITS:
+        raise ValueError(f"text has a speaker tag with a {len(digits)}-digit number at character "
+                         f"{match.start() + 1}; speaker numbers have at most {MAX_SPEAKER_DIGITS} digits")
+    return int(digits)
+
+
+def _blank(text: str, start: int, end: int) -> bool:
+    return not text[start:end].strip()
 
 
 def _pack(text: str, budget: int, level: int = 0) -> list[str]:
@@ -187,20 +207,37 @@ def _pack(text: str, budget: int, level: int = 0) -> list[str]:
 
     Oversize pieces are packed one level finer, and their last part stays open for what follows.
     Chunks keep their whitespace, so they concatenate back to text exactly; the caller trims them.
+    The open chunk is a list of pieces measured by `_grow`, never re-joined or re-stripped per piece,
+    which would be quadratic (a tag followed by thousands of spaces is one growing chunk).
     """
-    chunks, current = [], ""
+    chunks, current, size = [], [], (0, 0)
     for piece in _cut(text, level):
-        if len((current + piece).strip()) <= budget:
-            current += piece
+        grown = _grow(size, piece)
+        if grown[0] <= budget:
+            current.append(piece)
+            size = grown
             continue
-        chunks.append(current)
+        chunks.append("".join(current))
         if len(piece.strip()) <= budget or level + 1 == len(_LEVELS):
-            current = piece
+            current = [piece]
         else:
-            *done, current = _pack(piece, budget, level + 1)
+            *done, last = _pack(piece, budget, level + 1)
             chunks.extend(done)
-    chunks.append(current)
+            current = [last]
+        size = _grow((0, 0), current[0])
+    chunks.append("".join(current))
     return chunks
+
+
+def _grow(size: tuple[int, int], piece: str) -> tuple[int, int]:
+    """Size of chunk + piece from the chunk's size: (trimmed length, whitespace after its last non-space)."""
+    trimmed, trailing = size
+    body = piece.strip()
+    if not body:
+        return trimmed, trailing + len(piece)
+    leading = len(piece) - len(piece.lstrip())
+    before = trimmed + trailing + leading if trimmed else 0
+    return before + len(body), len(piece) - leading - len(body)
 
 
 def _cut(text: str, level: int) -> list[str]:
