@@ -68,11 +68,43 @@ class Store:
         self._lock = threading.RLock()
         with self._lock:
             prepare(self.db_path, self.data_dir)
+            self._sweep_orphans()
             with self._db() as db:  # the running count starts from the sizes the rows hold: no tree walk
                 clips = db.execute("SELECT COALESCE(SUM(num_bytes), 0) FROM clips").fetchone()[0]
                 takes = db.execute("SELECT COALESCE(SUM(audio_bytes + export_bytes), 0) FROM history").fetchone()[0]
             self._disk_bytes = int(clips) + int(takes)
             self._fit_disk(keep=None)  # the operator may have lowered max_disk_mb
+
+    def _sweep_orphans(self) -> None:
+        """Files no row names (a crash between a write and its row, temp files, exports of takes deleted
+        by older code) are removed once at open, and exports re-measured, so the running count that
+        starts from the rows is the bytes on disk."""
+        with self._db() as db:
+            clips = {r[0] for r in db.execute("SELECT audio_sha256 FROM clips")}
+            takes = {r[0] for r in db.execute("SELECT id FROM history")}
+        for path in self.voices_dir.iterdir():
+            if path.is_dir() or path.name.removesuffix(".flac") not in clips:
+                self._remove(path)
+        for path in self.history_dir.iterdir():
+            if path.is_dir() or path.name.removesuffix(".flac") not in takes:
+                self._remove(path)
+        exports = {}
+        for path in self.exports_root.iterdir():
+            if path.name not in takes:
+                self._remove(path)
+            else:  # re-measured once here, in case a render was never passed to track_exports
+                exports[path.name] = tree_bytes(path)
+        with self._db() as db:
+            db.execute("UPDATE history SET export_bytes = 0")
+            db.executemany("UPDATE history SET export_bytes = ? WHERE id = ?", [(n, i) for i, n in exports.items()])
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        log.info("store: removing %s, which no row names", path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -115,9 +147,11 @@ class Store:
                     db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                (voice.id, owner, name, name_key(name), transcript, now, voice.duration_s,
                                 voice.audio_sha256, now))
-            except BaseException:
+            except BaseException as e:
                 if new_bytes:
                     path.unlink(missing_ok=True)
+                if isinstance(e, sqlite3.IntegrityError):  # UNIQUE(owner, name_key): another writer won
+                    raise DuplicateName(f"a voice named {quote(name)} already exists; choose another name") from e
                 raise
             self._disk_bytes += new_bytes
             self._fit_disk(keep=voice.id)

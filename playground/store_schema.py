@@ -7,8 +7,8 @@ however many voices use it, rows in `clips`); takes are 16-bit FLAC; file sizes 
 store can keep a running byte count without walking the tree.
 
 Migration converts files first (atomic writes, old files kept), then swaps the tables in one
-transaction, then deletes the old WAVs: a crash at any point leaves a store that opens and migrates
-again to the same result, and no data is lost.
+transaction; the store's sweep at open then deletes the old WAVs, which no row names any more. A crash
+at any point leaves a store that opens and migrates again to the same result, and no data is lost.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ _V0_SAMPLE_RATE = 44100  # version 0 stored every clip and take at the engine's 
 
 
 def prepare(db_path: Path, data_dir: Path) -> None:
-    """Bring the database at db_path to SCHEMA_VERSION (creating or migrating it) and drop leftovers."""
+    """Bring the database at db_path to SCHEMA_VERSION, creating or migrating it."""
     db = sqlite3.connect(db_path, timeout=30, isolation_level=None)  # explicit BEGIN: DDL in the transaction
     db.row_factory = sqlite3.Row
     try:
@@ -68,14 +68,6 @@ def prepare(db_path: Path, data_dir: Path) -> None:
             raise RuntimeError(f"{db_path} has schema version {version}; this build reads {SCHEMA_VERSION}")
     finally:
         db.close()
-    _drop_v0_files(data_dir)
-
-
-def _drop_v0_files(data_dir: Path) -> None:
-    """Version 0's WAVs, once their rows point at FLACs (a no-op after the first open)."""
-    for pattern in ("voices/voice_*.wav", "history/hist_*.wav"):
-        for path in data_dir.glob(pattern):
-            path.unlink(missing_ok=True)
 
 
 def _migrate_v0(db: sqlite3.Connection, data_dir: Path) -> None:

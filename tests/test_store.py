@@ -474,3 +474,19 @@ def test_migration_is_idempotent_and_survives_a_crash_before_commit(tmp_path: Pa
 
 def test_check_name_is_exported() -> None:
     assert check_name("  Zoë ") == "Zoë"
+
+
+def test_open_sweeps_files_no_row_names(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    take = add_take(store)
+    voice = store.add_voice(A, "a", noise_clip(), "t", codes())
+    kept = files_bytes(store)
+    orphans = [store.voices_dir / f"{'0' * 64}.flac", store.history_dir / "hist_0000000000000000.flac",
+               store.history_dir / ".hist_x.flac.1234.tmp", store.exports_root / "hist_0000000000000000" / "a.wav"]
+    for path in orphans:  # what a crash between a file write and its row leaves behind
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"o" * 10)
+    (store.exports_dir(A, take) / "never-tracked.mp3").write_bytes(b"e" * 300)
+    reopened = Store(tmp_path)
+    assert not any(p.exists() for p in orphans) and files_bytes(reopened) == kept + 300 == reopened.disk_bytes()
+    assert reopened.get_history(A, take) is not None and reopened.voice_audio_path(A, voice.id).is_file()
