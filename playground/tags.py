@@ -9,6 +9,8 @@ tags, control tokens typed as text, and tagging so dense that the model stops fo
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -66,7 +68,9 @@ _PAREN = re.compile(r"\(([A-Za-z][A-Za-z ,'-]{0,40})\)")
 _CONTROL = re.compile(r"<\|[^<>|\n]{1,40}\|>")
 _UNCLOSED_CONTROL = re.compile(r"<\|(?![^<>\n]*\|>)")
 # Attempts at a speaker switch: anything in <...> that mentions speaker, or [speaker 1] / [speaker:1].
-_SPEAKERISH = re.compile(r"<[^<>\n]{0,40}speaker[^<>\n]{0,40}>|\[\s*speaker\s*[:#\s]?\s*\d+\s*\]", re.I)
+# Possessive runs of whitespace: three optional ones in a row (`\s*[:#\s]?\s*`) backtrack
+# quadratically on "[speaker" followed by thousands of spaces.
+_SPEAKERISH = re.compile(r"<[^<>\n]{0,40}speaker[^<>\n]{0,40}>|\[\s*+speaker\s*+(?:[:#]\s*+)?\d++\s*+\]", re.I)
 _WORD = re.compile(r"\w+")
 DENSE_MIN_TAGS = 4  # below this many tags, density is never flagged
 DENSE_WORDS_PER_TAG = 3.0  # fewer spoken words per tag than this is "very dense"
@@ -82,13 +86,18 @@ def find_tags(text: str) -> list[str]:
 
 def lint(text: str) -> list[str]:
     """Human-readable problems with the tags in `text`, in order of importance; empty when all is well."""
-    return [*_bracket_problems(text), *_speaker_problems(text), *_paren_problems(text),
-            *_empty_tag_problems(text), *_density_problems(text)]
+    where = _locator(text)
+    return [*_bracket_problems(text, where), *_speaker_problems(text, where), *_paren_problems(text, where),
+            *_empty_tag_problems(text, where), *_density_problems(text, where)]
 
 
-def _where(text: str, pos: int) -> str:
-    line = text.count("\n", 0, pos) + 1
-    return f"line {line}" if "\n" in text else f"character {pos + 1}"
+def _locator(text: str) -> Callable[[int], str]:
+    """pos → "line N" (text with newlines) or "character N"; counting newlines afresh for each of
+    thousands of problems (e.g. a run of "]") would be quadratic, so they are indexed once."""
+    newlines = [m.start() for m in re.finditer("\n", text)]
+    if not newlines:
+        return lambda pos: f"character {pos + 1}"
+    return lambda pos: f"line {bisect_left(newlines, pos) + 1}"
 
 
 def _snippet(text: str, pos: int, width: int = 18) -> str:
@@ -96,58 +105,58 @@ def _snippet(text: str, pos: int, width: int = 18) -> str:
     return piece + ("…" if len(text) > pos + len(piece) else "")
 
 
-def _bracket_problems(text: str) -> list[str]:
+def _bracket_problems(text: str, where: Callable[[int], str]) -> list[str]:
     """Unclosed `[` (closed by nothing before the next `[`, line end or text end) and stray `]`."""
     problems, open_at = [], None
     for pos, ch in enumerate(text + "\n"):
         if ch in "[\n" and open_at is not None:
-            problems.append(f"Unclosed bracket at {_where(text, open_at)}: “{_snippet(text, open_at)}” "
+            problems.append(f"Unclosed bracket at {where(open_at)}: “{_snippet(text, open_at)}” "
                             "— close the tag with ]")
             open_at = None
         if ch == "[":
             open_at = pos
         elif ch == "]":
             if open_at is None:
-                problems.append(f"Stray ] at {_where(text, pos)} with no [ before it")
+                problems.append(f"Stray ] at {where(pos)} with no [ before it")
             open_at = None
     return problems
 
 
-def _speaker_problems(text: str) -> list[str]:
+def _speaker_problems(text: str, where: Callable[[int], str]) -> list[str]:
     problems, flagged = [], set()
     for m in _SPEAKERISH.finditer(text):
         if not SPEAKER_TAG.fullmatch(m.group(0)):
             flagged.add(m.start())
-            problems.append(f"Unknown speaker tag “{m.group(0)}” at {_where(text, m.start())}: "
+            problems.append(f"Unknown speaker tag “{m.group(0)}” at {where(m.start())}: "
                             "write speaker switches exactly as <|speaker:N|>, e.g. <|speaker:1|>")
     for m in _UNCLOSED_CONTROL.finditer(text):
         if m.start() in flagged:  # e.g. <|speaker:1> is reported once, as a malformed speaker tag
             continue
-        problems.append(f"Unclosed tag at {_where(text, m.start())}: “{_snippet(text, m.start())}” "
+        problems.append(f"Unclosed tag at {where(m.start())}: “{_snippet(text, m.start())}” "
                         "— speaker tags end with |>")
     for m in _CONTROL.finditer(text):
         if "speaker" not in m.group(0).lower():
-            problems.append(f"“{m.group(0)}” at {_where(text, m.start())} is a control token: the model "
+            problems.append(f"“{m.group(0)}” at {where(m.start())} is a control token: the model "
                             "reads it as plain text; remove it")
     return problems
 
 
-def _paren_problems(text: str) -> list[str]:
+def _paren_problems(text: str, where: Callable[[int], str]) -> list[str]:
     problems = []
     for m in _PAREN.finditer(text):
         word = m.group(1).strip().lower()
         if word in _LEGACY_PAREN or word in _PALETTE_WORDS:
-            problems.append(f"“{m.group(0)}” at {_where(text, m.start())} is the old Fish Speech paren style; "
+            problems.append(f"“{m.group(0)}” at {where(m.start())} is the old Fish Speech paren style; "
                             f"S2 Pro reads tags in square brackets: [{m.group(1).strip()}]")
     return problems
 
 
-def _empty_tag_problems(text: str) -> list[str]:
-    return [f"Empty tag “{m.group(0)}” at {_where(text, m.start())}: put a word inside or remove it"
+def _empty_tag_problems(text: str, where: Callable[[int], str]) -> list[str]:
+    return [f"Empty tag “{m.group(0)}” at {where(m.start())}: put a word inside or remove it"
             for m in _BRACKET_TAG.finditer(text) if not m.group(1).strip()]
 
 
-def _density_problems(text: str) -> list[str]:
+def _density_problems(text: str, where: Callable[[int], str]) -> list[str]:
     tags = list(_BRACKET_TAG.finditer(text))
     problems = []
     spoken = _WORD.findall(SPEAKER_TAG.sub(" ", _BRACKET_TAG.sub(" ", text)))
@@ -159,6 +168,6 @@ def _density_problems(text: str) -> list[str]:
         run = run + 1 if not text[tags[i - 1].end():tags[i].start()].strip() else 1
         if run == MAX_TAG_RUN:
             first = tags[i - MAX_TAG_RUN + 1]
-            problems.append(f"{MAX_TAG_RUN} tags in a row at {_where(text, first.start())}: combine them into "
+            problems.append(f"{MAX_TAG_RUN} tags in a row at {where(first.start())}: combine them into "
                             "one, e.g. [excited, joyful tone]")
     return problems
