@@ -158,6 +158,8 @@ def split_text(text: str, max_chars: int) -> list[str]:
       continues a turn, so the model knows who speaks. Chunks are whitespace-trimmed; speaker tags with
       nothing to say before the next change are dropped. Otherwise every character of text lands in
       exactly one chunk, in order. Empty text gives no chunks.
+    - Runs in time linear in len(text); raises ValueError (message starting "text") for a speaker number
+      of more than MAX_SPEAKER_DIGITS digits, whose tag could not be carried into chunks.
     """
     if max_chars < MIN_CHUNK_CHARS:
         raise ValueError(f"max_chars must be at least {MIN_CHUNK_CHARS}, got {max_chars}")

@@ -6,14 +6,31 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 import time
 from dataclasses import dataclass, field
 
 from engine.sampler import SamplingParams
 
-MAX_TEXT_CHARS = 20_000
+MAX_TEXT_CHARS = 20_000  # of the text, and of each reference transcript
 MAX_FRAMES_LIMIT = 32_768
+MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH = 50, 5000  # characters per chunk when the text is split
 _ids = itertools.count(1)
+# JSON can carry an unpaired "\ud800"; the tokenizer cannot encode it (and paired ones arrive joined).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: object, what: str = "text") -> None:
+    """Raise ValueError, its message starting with `what`, unless text is a string of at most
+    MAX_TEXT_CHARS valid characters. Messages give sizes and positions, never the text itself."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"{what} has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    bad = _LONE_SURROGATE.search(text)
+    if bad:
+        raise ValueError(f"{what} contains an invalid character (a lone surrogate at position {bad.start()}); "
+                         "send valid Unicode text")
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,7 @@ class ReferenceInput:
     def __post_init__(self) -> None:
         if (self.codes is None) == (self.samples is None):
             raise ValueError("a reference needs either codes or audio samples (exactly one)")
+        check_text(self.text, "a reference transcript")
         if not self.text.strip():
             raise ValueError("a reference needs the transcript of its audio")
 
@@ -41,14 +59,14 @@ class SynthesisRequest:
     stream_pcm: bool = True  # decode audio frame by frame (False: codes only)
 
     def __post_init__(self) -> None:
+        check_text(self.text)
         if not self.text.strip():
             raise ValueError("text is empty")
-        if len(self.text) > MAX_TEXT_CHARS:
-            raise ValueError(f"text has {len(self.text)} characters; the limit is {MAX_TEXT_CHARS}")
         if not 1 <= self.max_frames <= MAX_FRAMES_LIMIT:
             raise ValueError(f"max_frames must be in [1, {MAX_FRAMES_LIMIT}], got {self.max_frames}")
-        if self.chunk_length != 0 and not 50 <= self.chunk_length <= 5000:
-            raise ValueError(f"chunk_length must be 0 (no split) or in [50, 5000], got {self.chunk_length}")
+        if self.chunk_length != 0 and not MIN_CHUNK_LENGTH <= self.chunk_length <= MAX_CHUNK_LENGTH:
+            raise ValueError(f"chunk_length must be 0 (no split) or in [{MIN_CHUNK_LENGTH}, {MAX_CHUNK_LENGTH}], "
+                             f"got {self.chunk_length}")
 
 
 class Status(enum.Enum):
