@@ -13,11 +13,12 @@ from pathlib import Path
 import gradio as gr
 
 from engine.prompt import split_text
-from engine.request import MAX_TEXT_CHARS
+from engine.request import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text
 from playground.tags import PALETTE, SPEAKER_TAG, find_tags, lint
 
 EXAMPLES_FILE = Path(__file__).resolve().parent.parent / "assets" / "examples.json"
 PREVIEW_CHARS = 140  # of each chunk in the preview
+MAX_LINT_SHOWN = 20  # problems listed; a text can have thousands (a run of "]"), and the first ones lead
 
 # Bracket tags get a space on each side where the text has none; speaker tags start a new line.
 PALETTE_JS = """
@@ -82,11 +83,17 @@ def build_text_panel() -> TextPanel:
 
 
 def lint_html(text: str) -> str:
+    # Gradio does not enforce the textbox's max_length on the server, so the handler refuses long text.
+    refusal = _refusal(text)
+    if refusal:
+        return f'<div class="s2-lint s2-lint-warn" data-count="1"><ul><li>Not checked: {refusal}</li></ul></div>'
     if not text.strip():
         return '<div class="s2-lint s2-lint-empty">Tags are plain text in [brackets]; click one above.</div>'
     problems = lint(text)
     if problems:
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems[:MAX_LINT_SHOWN])
+        if len(problems) > MAX_LINT_SHOWN:
+            items += f"<li>… and {len(problems) - MAX_LINT_SHOWN} more</li>"
         return f'<div class="s2-lint s2-lint-warn" data-count="{len(problems)}"><ul>{items}</ul></div>'
     tags = find_tags(text)
     speakers = {t for t in tags if SPEAKER_TAG.fullmatch(t)}
@@ -98,9 +105,15 @@ def lint_html(text: str) -> str:
 
 
 def preview_html(text: str, chunk_length: int) -> str:
+    refusal = _refusal(text) or _chunk_length_refusal(chunk_length)
+    if refusal:
+        return _refused_preview(refusal)
     if not text.strip():
         return ""
-    chunks = split_text(text, int(chunk_length)) if chunk_length else [text.strip()]
+    try:
+        chunks = split_text(text, int(chunk_length)) if chunk_length else [text.strip()]
+    except ValueError as e:  # e.g. a speaker tag with an absurd number; the message does not quote the text
+        return _refused_preview(html.escape(str(e)))
     if len(chunks) == 1:
         return (f'<div class="s2-preview" data-chunks="1">One chunk ({len(chunks[0])} characters): '
                 "generated in one piece.</div>")
@@ -108,6 +121,27 @@ def preview_html(text: str, chunk_length: int) -> str:
     return (f'<div class="s2-preview" data-chunks="{len(chunks)}"><div>Split into {len(chunks)} chunks of at most '
             f"{int(chunk_length)} characters; each can be replayed and regenerated after the take.</div>"
             f"<ol>{items}</ol></div>")
+
+
+def _refusal(text: str) -> str | None:
+    """Why the text cannot be synthesized (too long, not a string, a lone surrogate), as HTML; None if it can."""
+    try:
+        check_text(text)
+    except ValueError as e:
+        return html.escape(str(e))
+    return None
+
+
+def _refused_preview(reason: str) -> str:
+    return f'<div class="s2-preview s2-preview-refused" data-chunks="0">No preview: {reason}</div>'
+
+
+def _chunk_length_refusal(chunk_length: object) -> str | None:
+    # The slider's range is not enforced on the server either; a request outside it would be refused.
+    if isinstance(chunk_length, (int, float)) and (chunk_length == 0 or
+                                                   MIN_CHUNK_LENGTH <= chunk_length <= MAX_CHUNK_LENGTH):
+        return None
+    return f"chunk length must be 0 (never split) or {MIN_CHUNK_LENGTH} to {MAX_CHUNK_LENGTH} characters"
 
 
 def _clip(text: str) -> str:
