@@ -168,10 +168,13 @@ def _read_path(path: str | Path) -> bytes:
     except OSError as exc:
         reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
         raise AudioError(f"Cannot read the audio file {name!r}: {reason}.") from exc
-    with os.fdopen(fd, "rb") as file:
+    try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise AudioError(f"Cannot read the audio file {name!r}: it is not a regular file.")
-        return file.read(MAX_UPLOAD_BYTES + 1)
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            return file.read(MAX_UPLOAD_BYTES + 1)
+    finally:
+        os.close(fd)
 
 
 def _decode(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:

@@ -20,6 +20,7 @@ from engine.audio import (
     float_to_int16,
     is_silent,
     load_audio,
+    load_clip,
     normalize_loudness,
     time_stretch,
     trim_silence,
@@ -184,6 +185,56 @@ def test_load_enforces_duration_limits(clips: Path, speech: np.ndarray) -> None:
     with pytest.raises(AudioError, match=rf"too long: {seconds} \(maximum 1.5 s\)"):
         load_audio(clips / "speech.mp3", max_seconds=1.5)
     assert len(load_audio(clips / "speech.mp3", min_seconds=1, max_seconds=10)) == len(speech)
+
+
+
+# ---------------------------------------------------------------- load_clip
+
+
+def test_load_clip_native_is_the_decoded_mono_signal(clips: Path, speech: np.ndarray) -> None:
+    clip = load_clip(clips / "speech.flac", min_seconds=1.0, max_seconds=30.0)
+    pcm = soundfile.read(str(clips / "speech.wav"), dtype="int16")[0]
+    assert clip.native_rate == ESPEAK_RATE and clip.native.dtype == np.float32
+    np.testing.assert_array_equal(clip.native, pcm.astype(np.float32) / 32768)  # bit-exact for mono
+    np.testing.assert_array_equal(clip.samples, speech)
+    assert clip.seconds == len(pcm) / ESPEAK_RATE
+
+
+def test_load_clip_mixes_channels_at_the_files_rate(clips: Path) -> None:
+    stereo, rate = soundfile.read(str(clips / "speech_48k_stereo.wav"), dtype="float32")
+    clip = load_clip(clips / "speech_48k_stereo.wav", min_seconds=1.0, max_seconds=30.0)
+    assert clip.native_rate == rate == 48_000
+    np.testing.assert_array_equal(clip.native, stereo.mean(axis=1, dtype=np.float32))
+    np.testing.assert_array_equal(clip.samples, load_audio(clips / "speech_48k_stereo.wav"))
+    assert len(clip.samples) == round(len(clip.native) * SAMPLE_RATE / 48_000)
+
+
+def test_load_clip_pyav_formats_keep_their_rate(clips: Path) -> None:
+    webm = load_clip(clips / "speech.webm", min_seconds=1.0, max_seconds=30.0)
+    m4a = load_clip(clips / "speech.m4a", min_seconds=1.0, max_seconds=30.0)
+    assert (webm.native_rate, m4a.native_rate) == (48_000, ESPEAK_RATE)
+    np.testing.assert_array_equal(webm.samples, load_audio(clips / "speech.webm"))
+    assert webm.seconds == pytest.approx(m4a.seconds, abs=0.1)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_load_clip_limit_is_inclusive(tmp_path: Path, fmt: str) -> None:
+    exact = np.full(2 * 16_000, 0.25, np.float32)  # exactly 2 s at 16 kHz
+    soundfile.write(str(tmp_path / f"exact.{fmt}"), exact, 16_000)
+    soundfile.write(str(tmp_path / f"over.{fmt}"), np.append(exact, exact[:1]), 16_000)
+    clip = load_clip(tmp_path / f"exact.{fmt}", min_seconds=2.0, max_seconds=2.0)
+    assert (clip.native_rate, clip.seconds, len(clip.samples)) == (16_000, 2.0, 2 * SAMPLE_RATE)
+    with pytest.raises(AudioError, match=r"too long: 2\.00 s \(maximum 2 s\)"):
+        load_clip(tmp_path / f"over.{fmt}", min_seconds=1.0, max_seconds=2.0)
+
+
+def test_load_clip_streamed_wav_read_to_eof_within_the_limit(speech: np.ndarray) -> None:
+    # A streamed WAV (unknown-size header) is read to EOF: within the limit it decodes in full.
+    data = b"".join(stream(speech, "wav")[0])
+    clip = load_clip(data, min_seconds=1.0, max_seconds=30.0)
+    assert clip.native_rate == SAMPLE_RATE and len(clip.native) == len(speech)
+    with pytest.raises(AudioError, match=r"too long: \d\.\d\d s \(maximum 1 s\)"):
+        load_clip(data, min_seconds=0.5, max_seconds=1.0)
 
 
 # ---------------------------------------------------------------- encode_audio / StreamEncoder
