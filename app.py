@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
 from fastapi import FastAPI
 
 from playground.settings import Settings, parse_settings
@@ -16,9 +15,15 @@ from playground.state import AppState, create_state
 
 def build_app(state: AppState) -> FastAPI:
     from playground import api, ui
+    from playground.api_metrics import ApiCounters
+    from playground.gate import BodyLimits, Gate
     app = FastAPI(title="S2 Pro Playground", version="1.0")
     app.state.s2 = state
-    api.install(app, state)  # /v1/..., /health, /metrics
+    counters = ApiCounters()
+    # In front of every route: the access rule, sessions, body limits and timeouts, the login page.
+    app.add_middleware(Gate, access=state.access, limits=BodyLimits(upload_mb=state.settings.max_upload_mb),
+                       counters=counters)
+    api.install(app, state, counters)  # /v1/..., /health, /metrics
     return ui.install(app, state)  # the playground at / (and its own routes)
 
 
@@ -27,7 +32,8 @@ def main(settings: Settings | None = None) -> None:
     settings = settings or parse_settings()
     state = create_state(settings)
     logging.getLogger("app").info("%s", state.describe())
-    uvicorn.run(build_app(state), host=settings.host, port=settings.port, log_level="info")
+    from playground.http_server import serve
+    serve(build_app(state), settings.host, settings.port, settings.max_connections)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The OpenAI-compatible API on the playground's app: `install(app, state)` adds everything.
 
 Routes: POST /v1/audio/speech (api_speech), /v1/voices... (api_voices), GET /v1/models here,
-GET /health and GET /metrics (api_metrics). The gate middleware (api_gate) does bearer-key auth and
-the body-size limit for /v1; api_errors makes every error OpenAI-shaped. docs/API.md is the guide.
+GET /health and GET /metrics (api_metrics). The gate (playground/gate.py) in front of every route does the
+access rule and body limits; api_errors makes every error OpenAI-shaped. docs/API.md is the guide.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from fastapi.routing import APIRoute
 
 from playground import api_metrics, api_speech, api_voices
 from playground.api_errors import APIError, install_handlers
-from playground.api_gate import ApiGate
 from playground.api_metrics import MODEL_ID, ApiCounters
 from playground.state import AppState
 
@@ -60,11 +59,8 @@ def fallback_router(routers: list[APIRouter]) -> APIRouter:
     return r
 
 
-def install(app: FastAPI, state: AppState) -> None:
-    counters = ApiCounters()
+def install(app: FastAPI, state: AppState, counters: ApiCounters) -> None:
     install_handlers(app)
-    app.add_middleware(ApiGate, api_key=state.settings.api_key, max_body_mb=state.settings.max_upload_mb,
-                       counters=counters)
     routers = [api_speech.router(state), api_voices.router(state, counters), models_router(),
                api_metrics.router(state, counters)]
     for router in routers:

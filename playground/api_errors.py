@@ -28,6 +28,12 @@ class APIError(Exception):
         self.headers = headers
 
 
+def brief(value: object, limit: int = 60) -> str:
+    """`value` quoted for an error message, cut short: a message never echoes a huge input back."""
+    text = str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def too_large_message(limit_mb: int) -> str:
     return f"The request body is larger than the server's limit of {limit_mb} MB."
 

@@ -16,16 +16,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine.audio import AudioError, is_silent, load_audio
+from engine.audio import AudioError, DecodedClip
 from engine.request import ReferenceInput, SynthesisRequest
 from engine.sampler import SamplingParams
-from playground.api_errors import APIError
+from playground.api_errors import APIError, brief
 from playground.api_metrics import MODEL_ID
+from playground.clips import read_clip
 from playground.state import AppState
 from playground.store import RESERVED_NAMES, Voice
 
 MODEL_ALIASES = frozenset({MODEL_ID, "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15"})
-MIN_CLIP_SECONDS, MAX_CLIP_SECONDS = 1.0, 30.0
 MAX_REFERENCES = 8
 MAX_INSTRUCTIONS_CHARS = 500
 _LEADING_SPEAKER_TAGS = re.compile(r"^(?:\s*<\|speaker:\d+\|>)*")
@@ -73,7 +73,7 @@ def param_of(message: str) -> str | None:
 
 def check_model(model: str) -> None:
     if model not in MODEL_ALIASES:
-        raise APIError(404, f"The model {model!r} does not exist; use {MODEL_ID!r} (aliases: "
+        raise APIError(404, f"The model {brief(model)} does not exist; use {MODEL_ID!r} (aliases: "
                        f"{', '.join(sorted(MODEL_ALIASES - {MODEL_ID}))}).", param="model", code="model_not_found")
 
 
@@ -90,30 +90,30 @@ def with_instructions(text: str, instructions: str | None) -> str:
     return f"{text[:head]}[{tag}] {text[head:].lstrip()}"
 
 
-async def decode_clip(data: bytes, param: str) -> np.ndarray:
-    """An uploaded clip as mono 44.1 kHz samples, 1 to 30 s and not silent; APIError (400) otherwise."""
+async def decode_clip(data: bytes, param: str) -> DecodedClip:
+    """An uploaded clip (see playground.clips); APIError (400) otherwise."""
     try:
-        samples = await run_in_threadpool(load_audio, data, min_seconds=MIN_CLIP_SECONDS,
-                                          max_seconds=MAX_CLIP_SECONDS)
+        return await run_in_threadpool(read_clip, data)
     except AudioError as exc:
         raise APIError(400, str(exc), param=param, code="invalid_audio") from exc
-    if is_silent(samples):
-        raise APIError(400, "The audio is silent (below -60 dBFS); upload a recording of the voice.",
-                       param=param, code="invalid_audio")
-    return samples
 
 
 def find_voice(state: AppState, voice: str | VoiceId) -> Voice | None:
-    """The saved voice `voice` names (id or name), or None for the model's own voice; 404 if unknown."""
+    """The saved voice `voice` names (id or name) in the API's library, or None for the model's own
+    voice; 404 if unknown."""
     name = voice.id if isinstance(voice, VoiceId) else voice
     if isinstance(voice, str) and name.strip().lower() in RESERVED_NAMES:
         return None
-    found = state.store.get_voice(name)
+    found = state.store.get_voice(state.access.api_owner(), name)
     if found is None:
-        raise APIError(404, f"No voice {name!r}: use 'default' (or an OpenAI voice name) for the model's own "
-                       "voice, or the id or name of a saved voice (GET /v1/voices).", param="voice",
-                       code="voice_not_found")
+        raise _voice_not_found(name)
     return found
+
+
+def _voice_not_found(name: str) -> APIError:
+    return APIError(404, f"No voice {brief(name)}: use 'default' (or an OpenAI voice name) for the model's own "
+                    "voice, or the id or name of a saved voice (GET /v1/voices).", param="voice",
+                    code="voice_not_found")
 
 
 async def references(state: AppState, body: SpeechBody) -> tuple[ReferenceInput, ...]:
@@ -121,7 +121,10 @@ async def references(state: AppState, body: SpeechBody) -> tuple[ReferenceInput,
     refs = []
     voice = find_voice(state, body.voice)
     if voice is not None:
-        codes = await run_in_threadpool(state.store.voice_codes, voice.id)
+        try:
+            codes = await run_in_threadpool(state.store.voice_codes, state.access.api_owner(), voice.id)
+        except KeyError:  # deleted since it was found: new requests get a 404, running ones finish
+            raise _voice_not_found(voice.id) from None
         refs.append(ReferenceInput(voice.transcript, codes=tuple(map(tuple, codes.tolist()))))
     for i, ref in enumerate(body.references):
         param = f"references.{i}"
@@ -132,7 +135,7 @@ async def references(state: AppState, body: SpeechBody) -> tuple[ReferenceInput,
         except (binascii.Error, ValueError) as exc:
             raise APIError(400, "The reference audio is not valid base64.", param=f"{param}.audio") from exc
         samples = await decode_clip(data, f"{param}.audio")
-        refs.append(ReferenceInput(ref.text.strip(), samples=samples))
+        refs.append(ReferenceInput(ref.text.strip(), samples=samples.samples))
     return tuple(refs)
 
 

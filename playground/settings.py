@@ -24,12 +24,20 @@ class Settings:
     compile: bool = False
     demo_fallback: bool = True  # start on a random tiny checkpoint when no real weights are found
     max_upload_mb: int = 25
+    shared_library: bool = False  # one voice library and history for every visitor and the API
+    max_voices: int = 50  # saved voices per visitor (and for the API)
+    max_history: int = 200  # takes kept per visitor; the oldest go first
+    max_disk_mb: int = 2048  # voices, takes and downloads together; the oldest takes go first
+    max_connections: int = 512  # open HTTP connections; beyond it new requests get 503
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be in 1..65535, got {self.port}")
         if self.max_batch < 1:
             raise ValueError("max_batch must be positive")
+        for name in ("max_upload_mb", "max_voices", "max_history", "max_disk_mb", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
@@ -50,10 +58,35 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the module-path decode frame instead of the fused kernels (CUDA)")
     p.add_argument("--no-demo", action="store_true", help="fail instead of starting in demo mode")
+    p.add_argument("--shared-library", action="store_true", default=_flag(env, "S2PRO_SHARED_LIBRARY"),
+                   help="one voice library and history for every visitor and the API (default: each "
+                        "browser has its own, the API its own)")
+    _int_flags(p, env)
     a = p.parse_args(argv)
     return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
                     data_dir=a.data_dir, api_key=a.api_key or None, max_batch=a.max_batch,
                     num_blocks=a.num_blocks, cuda_graphs=not a.eager, compile=a.compile,
-                    demo_fallback=not a.no_demo)
+                    demo_fallback=not a.no_demo, shared_library=a.shared_library,
+                    **{name: getattr(a, name) for name, _ in INT_FLAGS})
+
+
+# Limits with a flag and an S2PRO_* variable each; their defaults are Settings' own.
+INT_FLAGS = (("max_upload_mb", "largest upload or /v1 request body, MB"),
+             ("max_voices", "saved voices per visitor (and for the API)"),
+             ("max_history", "takes kept per visitor (the oldest go first)"),
+             ("max_disk_mb", "disk for voices, takes and downloads (the oldest takes go first)"),
+             ("max_connections", "open HTTP connections (503 beyond)"))
+
+
+def _int_flags(p: argparse.ArgumentParser, env: os._Environ[str] | dict[str, str]) -> None:
+    defaults = Settings()
+    for name, help_text in INT_FLAGS:
+        default = int(env.get(f"S2PRO_{name.upper()}", getattr(defaults, name)))
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
+                       help=f"{help_text} (default: %(default)s)")
+
+
+def _flag(env: os._Environ[str] | dict[str, str], name: str) -> bool:
+    return env.get(name, "").lower() in ("1", "true", "yes", "on")
 
 

@@ -12,7 +12,9 @@ from engine.checkpoint import CheckpointError, resolve_model_path
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
+from playground.access import Access, load_secret
 from playground.settings import Settings
+from playground.store import Store, StoreLimits
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,8 @@ class AppState:
     settings: Settings
     loaded: LoadedModel
     engine: AsyncEngine
-    store: object  # playground.store.Store
+    store: Store
+    access: Access
 
     @property
     def demo(self) -> bool:
@@ -54,7 +57,6 @@ def resolve_or_demo(settings: Settings) -> Path:
 
 
 def create_state(settings: Settings) -> AppState:
-    from playground.store import Store
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device)
     loaded = load_model_dir(resolve_or_demo(settings), device, pick_dtype(settings.dtype, device))
@@ -63,4 +65,7 @@ def create_state(settings: Settings) -> AppState:
     cfg = EngineConfig(max_batch=settings.max_batch, num_blocks=settings.num_blocks,
                        cuda_graphs=settings.cuda_graphs, compile=settings.compile)
     engine = AsyncEngine(Engine(loaded, cfg))
-    return AppState(settings, loaded, engine, Store(settings.data_dir))
+    limits = StoreLimits(max_voices_per_owner=settings.max_voices, max_history_per_owner=settings.max_history,
+                         max_disk_mb=settings.max_disk_mb)
+    access = Access(load_secret(settings.data_dir), settings.api_key, settings.shared_library)
+    return AppState(settings, loaded, engine, Store(settings.data_dir, limits), access)

@@ -9,9 +9,9 @@ ui_figures (figures and status line), ui_page (the panels, for cross-panel handl
 from __future__ import annotations
 
 import html
+import logging
 import re
 import threading
-from pathlib import Path
 
 import gradio as gr
 from fastapi import FastAPI
@@ -25,6 +25,9 @@ from playground.ui_page import Ctx, Page
 from playground.ui_stream import STATIC_DIR, StreamHub, install_routes
 from playground.ui_text import build_text_panel, wire_text_panel
 from playground.ui_voices import VoiceHandlers, build_voice_panel, voice_choices
+from playground.uploads import UPLOAD_KEEP_SECONDS, UPLOAD_SWEEP_SECONDS, start_uploads
+
+log = logging.getLogger(__name__)
 
 HEAD = '<script src="/playground/static/player.js"></script>'
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="violet", neutral_hue="slate")
@@ -32,18 +35,24 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="violet", neutral_hue
 
 def install(app: FastAPI, state: AppState) -> FastAPI:
     hub = StreamHub()
-    install_routes(app, hub)
-    exports = Exports(Path(state.settings.data_dir) / "exports")
+    install_routes(app, hub, state.access)
+    exports = Exports(state.store)
     threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    uploads = start_uploads(state.settings.data_dir, state.settings.max_disk_mb)
     blocks = build_blocks(state, hub, exports)
-    return gr.mount_gradio_app(
+    mounted = gr.mount_gradio_app(
         app, blocks, path="/", theme=THEME, css_paths=[STATIC_DIR / "playground.css"], head=HEAD,
-        allowed_paths=[str(exports.root.resolve())], footer_links=[], show_error=True,
-        max_file_size=f"{state.settings.max_upload_mb}mb")
+        allowed_paths=[str(exports.root.resolve()), str(state.store.voices_dir.resolve())], footer_links=[],
+        show_error=True, max_file_size=f"{state.settings.max_upload_mb}mb", run_history=False)
+    # Gradio admits only files this visitor uploaded as inputs, and serves only its own directories,
+    # once it counts as launched; mounting alone never sets that, and the check would never run.
+    blocks.has_launched = True
+    log.info("playground uploads in %s, kept %d s", uploads, UPLOAD_KEEP_SECONDS)
+    return mounted
 
 
 def build_blocks(state: AppState, hub: StreamHub, exports: Exports) -> gr.Blocks:
-    with gr.Blocks(title="S2 Pro Playground", delete_cache=(3600, 86400)) as blocks:
+    with gr.Blocks(title="S2 Pro Playground", delete_cache=(UPLOAD_SWEEP_SECONDS, UPLOAD_KEEP_SECONDS)) as blocks:
         gr.HTML(_header(), elem_id="s2-header")
         if state.demo:
             gr.HTML(f'<div class="s2-banner" role="alert">{_code_spans(DEMO_HELP)}</div>', elem_id="s2-demo")
@@ -60,7 +69,7 @@ def build_blocks(state: AppState, hub: StreamHub, exports: Exports) -> gr.Blocks
         history = build_history_panel()
         ctx = Ctx(state, hub, exports, Page(text, voice, settings, output, run, take, history))
         wire_text_panel(text, settings.chunk_length)
-        VoiceHandlers(voice, state).wire()
+        VoiceHandlers(ctx).wire()
         Generation(ctx).wire()
         TakeHandlers(ctx).wire()
         HistoryHandlers(ctx).wire()
@@ -84,9 +93,10 @@ def _wire_page(ctx: Ctx, blocks: gr.Blocks, status: gr.HTML) -> None:
     state, p = ctx.state, ctx.page
     line = StatusLine(state)
 
-    async def on_load() -> dict:
-        return {status: await line.html(), p.voice.choice: gr.update(choices=voice_choices(state)),
-                **table_update(ctx)}
+    async def on_load(request: gr.Request) -> dict:
+        owner = ctx.owner(request)
+        return {status: await line.html(), p.voice.choice: gr.update(choices=voice_choices(state, owner)),
+                **table_update(ctx, owner)}
 
     blocks.load(on_load, None, [status, p.voice.choice, p.history.table], show_progress="hidden")
     gr.Timer(STATUS_SECONDS).tick(line.html, None, status, show_progress="hidden", concurrency_limit=None)

@@ -139,18 +139,22 @@ class Generation:
         s.reuse.click(lambda used: int(used) if str(used).isdigit() else gr.skip(), s.used_seed, s.seed,
                       queue=False)
 
-    async def generate(self, gen_id: str, text: str, choice: str, clip: str | None, transcript: str,
-                       *values) -> AsyncIterator[dict]:
+    async def generate(self, request: gr.Request, gen_id: str, text: str, choice: str, clip: str | None,
+                       transcript: str, *values) -> AsyncIterator[dict]:
         """`values`: the settings panel's inputs, then the output panel's."""
+        owner = self.ctx.owner(request)
+
         async def prepare() -> Prepared:
             settings = GenSettings.from_controls(text, *values[:len(SETTINGS_INPUTS)], hop=self.ctx.hop)
             opts = OutputOptions(*values[len(SETTINGS_INPUTS):])
-            return settings, await resolve(self.state, choice, clip, transcript), opts
-        async for update in self._take(gen_id, prepare, {}):
+            return settings, await resolve(self.state, owner, choice, clip, transcript), opts
+        async for update in self._take(owner, gen_id, prepare, {}):
             yield update
 
-    async def rerun(self, gen_id: str, entry_id: str | None, *output_values) -> AsyncIterator[dict]:
-        entry = self.state.store.get_history(entry_id or "")
+    async def rerun(self, request: gr.Request, gen_id: str, entry_id: str | None,
+                    *output_values) -> AsyncIterator[dict]:
+        owner = self.ctx.owner(request)
+        entry = self.state.store.get_history(owner, entry_id or "")
 
         async def prepare() -> Prepared:
             if entry is None:
@@ -158,8 +162,8 @@ class Generation:
             settings = GenSettings.from_history(entry.text, entry.params, entry.seed)
             voice = from_history(self.state, entry.voice_id, entry.voice_name, entry.params.get("reference"))
             return settings, voice, OutputOptions(*output_values)
-        first = {} if entry is None else _fill_controls(self.ctx, entry)
-        async for update in self._take(gen_id, prepare, first):
+        first = {} if entry is None else _fill_controls(self.ctx, owner, entry)
+        async for update in self._take(owner, gen_id, prepare, first):
             yield update
 
     async def stopped(self, gen_id: str) -> dict:
@@ -168,10 +172,11 @@ class Generation:
         return {**_running(self.run, False),
                 self.run.figures: message_html("stopped", "Stopped", "The take was aborted.")}
 
-    async def _take(self, gen_id: str, prepare: Callable[[], Awaitable[Prepared]], first: dict) -> AsyncIterator[dict]:
+    async def _take(self, owner: str, gen_id: str, prepare: Callable[[], Awaitable[Prepared]],
+                    first: dict) -> AsyncIterator[dict]:
         """What Generate and Re-run share: prepare, stream live, save to history, show."""
         ctx, run = self.ctx, self.run
-        live = ctx.hub.open(gen_id)
+        live = ctx.hub.open(gen_id, owner)
         try:
             yield {**first, **_running(run, True), run.figures: message_html("running", "Starting", "preparing…")}
             settings, voice, opts = await prepare()
@@ -183,27 +188,28 @@ class Generation:
                 else:
                     yield {run.figures: live_html(item)}
             ctx.hub.close(gen_id)  # now, not after saving: the player flushes its pre-roll on the stream's end
-            yield await self._saved(settings, voice, opts, take)
+            yield await self._saved(owner, settings, voice, opts, take)
         except (ValueError, KeyError, RuntimeError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             yield {**_running(run, False), run.figures: message_html("error", "Not generated", message)}
         finally:
             ctx.hub.close(gen_id)
 
-    async def _saved(self, settings: GenSettings, voice: VoiceRef, opts: OutputOptions, take: Take) -> dict:
+    async def _saved(self, owner: str, settings: GenSettings, voice: VoiceRef, opts: OutputOptions,
+                     take: Take) -> dict:
         params = {**settings.params(), "reference": voice.params(), "output": opts.as_dict()}
-        entry = await asyncio.to_thread(self.state.store.add_history, settings.text, voice.voice_id, voice.name,
-                                        params, settings.seed, take.stats, take.samples, take.chunks)
-        shown = await take_updates(self.ctx, entry, opts)
+        entry = await asyncio.to_thread(self.state.store.add_history, owner, settings.text, voice.voice_id,
+                                        voice.name, params, settings.seed, take.stats, take.samples, take.chunks)
+        shown = await take_updates(self.ctx, owner, entry, opts)
         return {**shown, **_running(self.run, False), self.run.figures: summary_html(entry.stats, entry.seed),
-                **table_update(self.ctx)}
+                **table_update(self.ctx, owner)}
 
 
-def _fill_controls(ctx: Ctx, entry: HistoryEntry) -> dict:
+def _fill_controls(ctx: Ctx, owner: str, entry: HistoryEntry) -> dict:
     """Show a re-run's settings in the controls (the take itself uses the stored values)."""
     s, p, params = ctx.page.settings, ctx.page, entry.params
     updates = {p.text.box: entry.text, s.seed: entry.seed, s.max_seconds: params["max_frames"] * ctx.hop / SAMPLE_RATE,
                **{getattr(s, k): params[k] for k in ("temperature", "top_p", "top_k", "ras", "chunk_length")}}
-    if entry.voice_id and ctx.state.store.get_voice(entry.voice_id) is not None:
+    if entry.voice_id and ctx.state.store.get_voice(owner, entry.voice_id) is not None:
         updates[p.voice.choice] = entry.voice_id
     return updates

@@ -60,7 +60,7 @@ def build_take_panel() -> TakePanel:
 def build_history_panel() -> HistoryPanel:
     with gr.Group(elem_id="s2-history-panel"):
         gr.HTML('<div class="s2-section-title">History <span>select a take to load it; '
-                "everything is kept on the server</span></div>")
+                "your takes, kept on the server for this browser only</span></div>")
         table = gr.Dataframe(headers=HEADERS, value=[], interactive=False, wrap=True, max_height=360,
                              elem_id="s2-history", column_widths=["8%", "12%", "40%", "14%", "10%", "8%", "8%"])
     with gr.Row(elem_classes="s2-history-actions"):
@@ -76,8 +76,8 @@ def _row(e: HistoryEntry) -> list:
             e.voice_name or "model voice", str(e.seed), f"{e.duration_s:.1f} s", "–" if rtf is None else f"{rtf:.2f}"]
 
 
-def table_update(ctx: Ctx) -> dict:
-    entries = ctx.state.store.list_history(HISTORY_LIMIT)
+def table_update(ctx: Ctx, owner: str) -> dict:
+    entries = ctx.state.store.list_history(owner, HISTORY_LIMIT)
     return {ctx.page.history.table: [_row(e) for e in entries]}
 
 
@@ -88,18 +88,18 @@ def _chunk_choices(entry: HistoryEntry) -> list[tuple[str, int]]:
     return [(label(i, c), i) for i, c in enumerate(entry.chunks)]
 
 
-async def take_updates(ctx: Ctx, entry: HistoryEntry, opts: OutputOptions) -> dict:
+async def take_updates(ctx: Ctx, owner: str, entry: HistoryEntry, opts: OutputOptions) -> dict:
     """Show `entry` as the current take: rendered clip, seed, chunk list."""
-    samples = await asyncio.to_thread(read_take, ctx.state.store.history_audio_path(entry.id))
-    path = await asyncio.to_thread(ctx.exports.render, entry.id, samples, opts)
+    samples = await asyncio.to_thread(read_take, ctx.state.store.history_audio_path(owner, entry.id))
+    path = await asyncio.to_thread(ctx.exports.render, owner, entry.id, samples, opts)
     p = ctx.page
     return {p.run.audio: str(path), p.settings.used_seed: str(entry.seed), p.take.take_id: entry.id,
             p.take.chunk: gr.update(choices=_chunk_choices(entry), value=0 if entry.chunks else None),
             p.take.chunk_audio: None, p.take.note: ""}
 
 
-def _entry(ctx: Ctx, take_id: str | None) -> HistoryEntry:
-    entry = ctx.state.store.get_history(take_id or "")
+def _entry(ctx: Ctx, owner: str, take_id: str | None) -> HistoryEntry:
+    entry = ctx.state.store.get_history(owner, take_id or "")
     if entry is None:
         raise KeyError("No take yet: generate one, or select one in the history.")
     return entry
@@ -124,45 +124,55 @@ class TakeHandlers:
             control.change(self.rerender, [t.take_id, *p.output.inputs], p.run.audio, show_progress="hidden",
                            trigger_mode="always_last")
 
-    async def _raw(self, entry: HistoryEntry) -> np.ndarray:
-        return await asyncio.to_thread(read_take, self.state.store.history_audio_path(entry.id))
+    async def _raw(self, owner: str, entry: HistoryEntry) -> np.ndarray:
+        return await asyncio.to_thread(read_take, self.state.store.history_audio_path(owner, entry.id))
 
-    async def play(self, take_id: str | None, index: int | None, *output_values) -> dict:
+    async def play(self, request: gr.Request, take_id: str | None, index: int | None, *output_values) -> dict:
+        return await self._play(self.ctx.owner(request), take_id, index, *output_values)
+
+    async def _play(self, owner: str, take_id: str | None, index: int | None, *output_values) -> dict:
         try:
-            entry, opts, index = _entry(self.ctx, take_id), OutputOptions(*output_values), int(index or 0)
+            entry, opts, index = _entry(self.ctx, owner, take_id), OutputOptions(*output_values), int(index or 0)
             c = entry.chunks[index]
+            piece = (await self._raw(owner, entry))[c["start_sample"]:c["end_sample"]]
+            path = await asyncio.to_thread(self.ctx.exports.render, owner, entry.id, piece, opts,
+                                           f"-chunk{index + 1}", False)
         except (KeyError, ValueError, IndexError) as exc:
             return {self.t.note: _note("error", _message(exc))}
-        piece = (await self._raw(entry))[c["start_sample"]:c["end_sample"]]
-        path = await asyncio.to_thread(self.ctx.exports.render, entry.id, piece, opts, f"-chunk{index + 1}", False)
         return {self.t.chunk_audio: str(path), self.t.note: ""}
 
-    async def regenerate(self, take_id: str | None, index: int | None, *output_values) -> dict:
+    async def regenerate(self, request: gr.Request, take_id: str | None, index: int | None,
+                         *output_values) -> dict:
+        owner = self.ctx.owner(request)
         try:
-            entry, opts, index = _entry(self.ctx, take_id), OutputOptions(*output_values), int(index or 0)
+            entry, opts, index = _entry(self.ctx, owner, take_id), OutputOptions(*output_values), int(index or 0)
             settings = GenSettings.from_history(entry.text, entry.params, entry.seed)
             voice = from_history(self.state, entry.voice_id, entry.voice_name, entry.params.get("reference"))
-            samples, chunks, seed = await regenerate_chunk(self.state, settings, voice, await self._raw(entry),
-                                                           entry.chunks, index, self.ctx.hop)
+            samples, chunks, seed = await regenerate_chunk(self.state, settings, voice,
+                                                           await self._raw(owner, entry), entry.chunks, index,
+                                                           self.ctx.hop)
+            entry = await asyncio.to_thread(self.state.store.replace_history_audio, owner, entry.id, samples, chunks)
+            shown = await take_updates(self.ctx, owner, entry, opts)
         except (KeyError, ValueError, IndexError, RuntimeError) as exc:
             return {self.t.note: _note("error", f"Not regenerated: {_message(exc)}")}
-        entry = await asyncio.to_thread(self.state.store.replace_history_audio, entry.id, samples, chunks)
-        shown = await take_updates(self.ctx, entry, opts)
-        played = await self.play(entry.id, index, *output_values)
+        played = await self._play(owner, entry.id, index, *output_values)
         note = _note("ok", f"Chunk {index + 1} regenerated with seed {seed} and spliced into the take.")
         return {**shown, **played, self.t.chunk: gr.update(choices=_chunk_choices(entry), value=index),
-                self.t.note: note, **table_update(self.ctx)}
+                self.t.note: note, **table_update(self.ctx, owner)}
 
-    async def rerender(self, take_id: str | None, *output_values) -> dict:
-        audio = self.ctx.page.run.audio
-        entry = self.state.store.get_history(take_id or "")
+    async def rerender(self, request: gr.Request, take_id: str | None, *output_values) -> dict:
+        audio, owner = self.ctx.page.run.audio, self.ctx.owner(request)
+        entry = self.state.store.get_history(owner, take_id or "")
         try:
             opts = OutputOptions(*output_values)
         except ValueError:  # e.g. a loudness typed out of range: keep the clip until it is valid
             return {audio: gr.skip()}
         if entry is None:
             return {audio: gr.skip()}
-        return {audio: (await take_updates(self.ctx, entry, opts))[audio]}
+        try:
+            return {audio: (await take_updates(self.ctx, owner, entry, opts))[audio]}
+        except KeyError:  # deleted (or evicted) meanwhile
+            return {audio: gr.skip()}
 
 
 class HistoryHandlers:
@@ -178,27 +188,31 @@ class HistoryHandlers:
         h.table.select(self.select, p.output.inputs, outs)
         h.delete.click(self.delete, [h.selected, p.take.take_id], outs)
 
-    async def select(self, fmt: str, normalize: bool, target_lufs: float, trim: bool, evt: gr.SelectData) -> dict:
-        short = str((evt.row_value or [""])[0])
-        entries = self.state.store.list_history(HISTORY_LIMIT)
+    async def select(self, request: gr.Request, fmt: str, normalize: bool, target_lufs: float, trim: bool,
+                     evt: gr.SelectData) -> dict:
+        owner = self.ctx.owner(request)
+        short = str((evt.row_value or [""])[0])[:16]
+        entries = self.state.store.list_history(owner, HISTORY_LIMIT)
         entry = next((e for e in entries if short and e.id.startswith(f"hist_{short}")), None)
         if entry is None:
             return {self.h.selected: None}
-        shown = await take_updates(self.ctx, entry, OutputOptions(fmt, normalize, target_lufs, trim))
+        try:
+            shown = await take_updates(self.ctx, owner, entry, OutputOptions(fmt, normalize, target_lufs, trim))
+        except (KeyError, ValueError):  # deleted meanwhile, or options out of range
+            return {self.h.selected: None}
         when = time.strftime("%b %d %H:%M", time.localtime(entry.created_at))
         return {**shown, self.h.selected: entry.id,
                 self.ctx.page.run.figures: summary_html(entry.stats, entry.seed, "loaded", f"From history · {when}")}
 
-    def delete(self, selected: str | None, take_id: str | None) -> dict:
-        p = self.ctx.page
-        if not selected or not self.state.store.delete_history(selected):
+    def delete(self, request: gr.Request, selected: str | None, take_id: str | None) -> dict:
+        p, owner = self.ctx.page, self.ctx.owner(request)
+        if not selected or not self.state.store.delete_history(owner, selected):
             return {p.run.figures: message_html("error", "Nothing deleted", "Select a take in the history first.")}
-        self.ctx.exports.forget(selected)
         cleared = {}
         if selected == take_id:
             cleared = {p.run.audio: None, p.take.take_id: None, p.take.chunk: gr.update(choices=[], value=None),
                        p.take.chunk_audio: None}
-        return {**table_update(self.ctx), **cleared, self.h.selected: None,
+        return {**table_update(self.ctx, owner), **cleared, self.h.selected: None,
                 p.run.figures: message_html("idle", "Deleted", "The take and its audio were deleted.")}
 
 

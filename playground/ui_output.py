@@ -3,7 +3,7 @@
 History keeps each take's raw engine audio (so a regenerated chunk splices in at the same level and
 sample positions); the options here are applied whenever a take is shown: trim leading/trailing
 silence, then normalize loudness to a target (ITU-R BS.1770), then encode in the chosen format.
-Rendered files live under `data_dir/exports/<take id>/` and are deleted with the take.
+Rendered files live under `data_dir/exports/<take id>/`, one per take and kind, and go with the take.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.audio import SAMPLE_RATE, encode_audio, normalize_loudness, trim_silence
+from playground.store import Store
 
 FORMATS = ("wav", "mp3", "flac", "opus")
 DEFAULT_LUFS = -16.0
@@ -71,28 +72,33 @@ def build_output_panel() -> OutputPanel:
 
 
 class Exports:
-    """Rendered files of takes, cached by content: the same audio with the same options renders once."""
+    """Rendered files of takes, in the store's exports folder of each take (counted in its disk
+    budget, deleted with the take). One file per take and kind (the take, chunk n): a new rendering
+    with other options replaces the old one, so re-renders never pile up; the same audio with the
+    same options is not rendered again."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.root = store.exports_root
 
-    def render(self, take_id: str, samples: np.ndarray, opts: OutputOptions, label: str = "",
+    def render(self, owner: str, take_id: str, samples: np.ndarray, opts: OutputOptions, label: str = "",
                trim: bool | None = None) -> Path:
+        """KeyError if the take is not this owner's (or is gone)."""
         key = hashlib.sha1(np.ascontiguousarray(samples, np.float32).tobytes())
         key.update(repr((opts, label, trim)).encode())
-        folder = self.root / take_id / key.hexdigest()[:16]
+        kind = f"take{label}"
+        folder = self.store.exports_dir(owner, take_id) / f"{kind}-{key.hexdigest()[:16]}"
         path = folder / f"s2pro-{take_id.removeprefix('hist_')[:8]}{label}.{opts.fmt}"
         if not path.is_file():
+            for old in folder.parent.glob(f"{kind}-*"):
+                shutil.rmtree(old, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
             data = encode_audio(opts.apply(samples, trim), opts.fmt)
             tmp = path.with_suffix(".part")
             tmp.write_bytes(data)
             tmp.replace(path)
+            self.store.track_exports(owner, take_id)
         return path
-
-    def forget(self, take_id: str) -> None:
-        shutil.rmtree(self.root / take_id, ignore_errors=True)
 
 
 def warm_up() -> None:

@@ -1,12 +1,14 @@
 """The page's panels in one place, so event handlers can address components of other panels.
 
 `Ctx` is what every handler closes over: process-wide objects only (no per-user state; that lives in
-`gr.State` components and in the browser).
+`gr.State` components, in the browser, and in the Store under the visitor's session, `Ctx.owner`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import gradio as gr
 
 if TYPE_CHECKING:
     from playground.state import AppState
@@ -35,6 +37,11 @@ class Ctx:
     hub: StreamHub
     exports: Exports
     page: Page
+
+    def owner(self, request: gr.Request | None) -> str:
+        """The library this visitor's request reads and writes (their signed session's)."""
+        cookies = dict(request.cookies) if request is not None else {}
+        return self.state.access.owner(cookies)
 
     @property
     def hop(self) -> int:

@@ -16,11 +16,12 @@ from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from engine.audio import SAMPLE_RATE, float_to_int16
+from playground.access import Access
 
 GEN_ID = re.compile(r"[0-9a-f]{32}")
 OPEN_WAIT_SECONDS = 20.0  # how long a fetch waits for its handler to open the id (queueing included)
@@ -32,7 +33,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class PcmStream:
     """Bytes written once, read by any number of readers from the start; closed when the take ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: str) -> None:
+        self.owner = owner  # only this visitor's requests may read it
         self.parts: list[bytes] = []
         self.closed = False
         self._changed = asyncio.Event()
@@ -77,11 +79,11 @@ class StreamHub:
         self._streams: dict[str, PcmStream] = {}
         self._opened = asyncio.Event()
 
-    def open(self, gen_id: str) -> PcmStream | None:
+    def open(self, gen_id: str, owner: str) -> PcmStream | None:
         """A new stream for a page-made id; None when the id is malformed or taken (no live playback)."""
         if not GEN_ID.fullmatch(gen_id or "") or gen_id in self._streams:
             return None
-        stream = self._streams[gen_id] = PcmStream()
+        stream = self._streams[gen_id] = PcmStream(owner)
         self._opened.set()
         self._opened = asyncio.Event()
         return stream
@@ -112,15 +114,16 @@ class StreamHub:
         return self._streams[gen_id]
 
 
-def install_routes(app: FastAPI, hub: StreamHub) -> None:
+def install_routes(app: FastAPI, hub: StreamHub, access: Access) -> None:
     """The stream route and the player's static files (registered before Gradio takes `/`)."""
 
     @app.get("/playground/stream/{gen_id}", include_in_schema=False)
-    async def stream_pcm(gen_id: str) -> StreamingResponse:
+    async def stream_pcm(gen_id: str, request: Request) -> StreamingResponse:
         if not GEN_ID.fullmatch(gen_id):
             raise HTTPException(404, "unknown generation id")
         stream = await hub.wait_for(gen_id)
-        if stream is None:
+        # Another visitor's stream is answered exactly like one that never started.
+        if stream is None or stream.owner != access.owner(dict(request.cookies)):
             raise HTTPException(404, "no generation with this id started in time")
         headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                    "X-Accel-Buffering": "no",  # proxies (nginx, Spaces) must not buffer live audio

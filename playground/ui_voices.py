@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from engine.audio import AudioError, duration_seconds, is_silent, load_audio
+from engine.audio import AudioError, DecodedClip
 from engine.request import ReferenceInput
+from playground.clips import read_clip
 from playground.state import AppState
 from playground.store import audio_sha256, check_transcript
+from playground.ui_page import Ctx
 
 NO_VOICE, CLIP = "none", "clip"
-MIN_CLIP_SECONDS, MAX_CLIP_SECONDS = 1.0, 30.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ def _fixed_choices() -> list[tuple[str, str]]:
     return [("No reference: the model's own voice", NO_VOICE), ("The clip below (unsaved)", CLIP)]
 
 
-def voice_choices(state: AppState) -> list[tuple[str, str]]:
-    return [*_fixed_choices(), *((f"{v.name} · {v.duration_s:.1f} s", v.id) for v in state.store.list_voices())]
+def voice_choices(state: AppState, owner: str) -> list[tuple[str, str]]:
+    """The fixed choices and this visitor's saved voices."""
+    voices = state.store.list_voices(owner)
+    return [*_fixed_choices(), *((f"{v.name} · {v.duration_s:.1f} s", v.id) for v in voices)]
 
 
 def build_voice_panel() -> VoicePanel:
@@ -90,14 +93,11 @@ def _note(kind: str, text: str) -> str:
     return f'<div class="s2-note s2-note-{kind}">{html.escape(text)}</div>'
 
 
-def load_clip(path: str | None) -> np.ndarray:
-    """The clip as mono 44.1 kHz samples, or AudioError saying what is wrong with it."""
+def load_clip(path: str | None) -> DecodedClip:
+    """The clip in the box (a file this visitor uploaded: Gradio admits no other path), or AudioError."""
     if not path:
         raise AudioError("No clip: upload or record one first.")
-    samples = load_audio(path, min_seconds=MIN_CLIP_SECONDS, max_seconds=MAX_CLIP_SECONDS)
-    if is_silent(samples):
-        raise AudioError("The clip is silent: record again closer to the microphone, or check the input level.")
-    return samples
+    return read_clip(path)
 
 
 async def clip_codes(state: AppState, samples: np.ndarray) -> tuple[str, np.ndarray]:
@@ -110,18 +110,21 @@ async def clip_codes(state: AppState, samples: np.ndarray) -> tuple[str, np.ndar
     return sha, codes
 
 
-async def resolve(state: AppState, choice: str, clip: str | None, transcript: str) -> VoiceRef:
+async def resolve(state: AppState, owner: str, choice: str, clip: str | None, transcript: str) -> VoiceRef:
     """The reference the controls describe; ValueError (incl. AudioError) with a message to show."""
     if choice == NO_VOICE or not choice:
         return VoiceRef()
     if choice == CLIP:
-        samples = await asyncio.to_thread(load_clip, clip)
-        sha, codes = await clip_codes(state, samples)
+        decoded = await asyncio.to_thread(load_clip, clip)
+        sha, codes = await clip_codes(state, decoded.samples)
         return VoiceRef(None, "unsaved clip", sha, check_transcript(transcript), codes)
-    voice = state.store.get_voice(choice)
-    if voice is None:
-        raise ValueError("That voice was deleted; pick another one.")
-    codes = await asyncio.to_thread(state.store.voice_codes, voice.id)
+    voice = state.store.get_voice(owner, choice)
+    try:
+        if voice is None:
+            raise KeyError(choice)
+        codes = await asyncio.to_thread(state.store.voice_codes, owner, voice.id)
+    except KeyError:
+        raise ValueError("That voice was deleted; pick another one.") from None
     return VoiceRef(voice.id, voice.name, voice.audio_sha256, (transcript or "").strip() or voice.transcript, codes)
 
 
@@ -138,8 +141,8 @@ def from_history(state: AppState, voice_id: str | None, voice_name: str | None, 
 class VoiceHandlers:
     """The reference panel's events; they read and write the Store every page and the API share."""
 
-    def __init__(self, panel: VoicePanel, state: AppState) -> None:
-        self.p, self.state = panel, state
+    def __init__(self, ctx: Ctx) -> None:
+        self.p, self.ctx, self.state = ctx.page.voice, ctx, ctx.state
 
     def wire(self) -> None:
         p = self.p
@@ -151,53 +154,56 @@ class VoiceHandlers:
         p.rename.click(self.rename, [p.choice, p.name], outs)
         p.delete.click(self.delete, [p.choice, p.clip], outs)
 
-    def _choices(self, value: str) -> dict:
-        return {self.p.choice: gr.update(choices=voice_choices(self.state), value=value)}
+    def _choices(self, owner: str, value: str) -> dict:
+        return {self.p.choice: gr.update(choices=voice_choices(self.state, owner), value=value)}
 
-    async def checked(self, clip: str | None) -> dict:
+    async def checked(self, request: gr.Request, clip: str | None) -> dict:
         p = self.p
         if not clip:
             return {p.check: _note("info", "No clip."), p.choice: NO_VOICE}
         try:
-            samples = await asyncio.to_thread(load_clip, clip)
-            await clip_codes(self.state, samples)  # encode now, while the user types the transcript
+            decoded = await asyncio.to_thread(load_clip, clip)
+            await clip_codes(self.state, decoded.samples)  # encode now, while the user types the transcript
         except AudioError as exc:
             return {p.check: _note("error", str(exc)), p.choice: NO_VOICE}
-        note = f"Clip OK: {duration_seconds(samples):.1f} s. Type its transcript, then generate or save it."
-        return {p.check: _note("ok", note), **self._choices(CLIP)}
+        note = f"Clip OK: {decoded.seconds:.1f} s. Type its transcript, then generate or save it."
+        return {p.check: _note("ok", note), **self._choices(self.ctx.owner(request), CLIP)}
 
-    async def picked(self, choice: str) -> dict:
-        p, store = self.p, self.state.store
-        voice = store.get_voice(choice) if choice not in (NO_VOICE, CLIP) else None
+    async def picked(self, request: gr.Request, choice: str) -> dict:
+        p, store, owner = self.p, self.state.store, self.ctx.owner(request)
+        voice = store.get_voice(owner, choice) if choice not in (NO_VOICE, CLIP) else None
         if voice is None:
             return {p.check: gr.skip()}
         note = f"Saved voice “{voice.name}”: {voice.duration_s:.1f} s clip."
-        return {p.clip: str(store.voice_audio_path(voice.id)), p.transcript: voice.transcript, p.name: voice.name,
-                p.check: _note("ok", note)}
+        return {p.clip: str(store.voice_audio_path(owner, voice.id)), p.transcript: voice.transcript,
+                p.name: voice.name, p.check: _note("ok", note)}
 
-    async def save(self, clip: str | None, transcript: str, name: str) -> dict:
+    async def save(self, request: gr.Request, clip: str | None, transcript: str, name: str) -> dict:
+        owner = self.ctx.owner(request)
         try:
-            samples = await asyncio.to_thread(load_clip, clip)
-            _, codes = await clip_codes(self.state, samples)
-            voice = await asyncio.to_thread(self.state.store.add_voice, name, samples, transcript, codes)
+            decoded = await asyncio.to_thread(load_clip, clip)
+            _, codes = await clip_codes(self.state, decoded.samples)
+            voice = await asyncio.to_thread(self.state.store.add_voice, owner, name, decoded, transcript, codes)
         except ValueError as exc:
             return {self.p.check: _note("error", f"Not saved: {exc}")}
-        return {**self._choices(voice.id), self.p.check: _note("ok", f"Saved as “{voice.name}”.")}
+        return {**self._choices(owner, voice.id), self.p.check: _note("ok", f"Saved as “{voice.name}”.")}
 
-    def rename(self, choice: str, name: str) -> dict:
+    def rename(self, request: gr.Request, choice: str, name: str) -> dict:
+        owner = self.ctx.owner(request)
         try:
-            voice = self.state.store.rename_voice(_saved(choice), name)
+            voice = self.state.store.rename_voice(owner, _saved(choice), name)
         except (KeyError, ValueError) as exc:
             return {self.p.check: _note("error", f"Not renamed: {_message(exc)}")}
-        return {**self._choices(voice.id), self.p.check: _note("ok", f"Renamed to “{voice.name}”.")}
+        return {**self._choices(owner, voice.id), self.p.check: _note("ok", f"Renamed to “{voice.name}”.")}
 
-    def delete(self, choice: str, clip: str | None) -> dict:
+    def delete(self, request: gr.Request, choice: str, clip: str | None) -> dict:
+        owner = self.ctx.owner(request)
         try:
-            voice = self.state.store.get_voice(_saved(choice))
+            voice = self.state.store.get_voice(owner, _saved(choice))
         except KeyError as exc:
             return {self.p.check: _note("error", _message(exc))}
-        after = self._choices(CLIP if clip else NO_VOICE)
-        if voice is None or not self.state.store.delete_voice(voice.id):
+        after = self._choices(owner, CLIP if clip else NO_VOICE)
+        if voice is None or not self.state.store.delete_voice(owner, voice.id):
             return {**after, self.p.check: _note("error", "That voice was already deleted.")}
         note = f"Deleted “{voice.name}”; the clip stays in the box until you clear it."
         return {**after, self.p.check: _note("ok", note)}

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create or refresh .venv idempotently. Usage: scripts/setup_env.sh [--test]
-# --test also installs the system packages the test suite drives (espeak-ng, chromium, ffmpeg).
+# --test also installs the system packages the test suite drives (espeak-ng, sox, chromium, ffmpeg).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--test" ]; then
   need=()
   command -v espeak-ng >/dev/null || need+=(espeak-ng)
+  command -v sox >/dev/null || need+=(sox)
   command -v chromium >/dev/null || need+=(chromium)
   command -v ffmpeg >/dev/null || need+=(ffmpeg)
   if [ ${#need[@]} -gt 0 ]; then

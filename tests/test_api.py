@@ -180,7 +180,9 @@ def test_voice_library_round_trip_across_restart(api_server: Server, tmp_path: P
     assert {v["name"] for v in listed["data"]} >= {"Fox", "Fox twin"} and listed["object"] == "list"
     assert httpx.get(f"{url}/{voice['id']}", timeout=30).json() == voice
     audio = httpx.get(f"{url}/{voice['id']}/audio", timeout=30)
-    assert audio.headers["content-type"] == "audio/wav"
+    # Stored losslessly at the clip's own rate: FLAC, far smaller than the float WAV it once was.
+    assert audio.headers["content-type"] == "audio/flac" and audio.content[:4] == b"fLaC"
+    assert audio.headers["content-disposition"] == "attachment; filename*=UTF-8''Fox.flac"
     np.testing.assert_array_equal(load_audio(audio.content), load_audio(clip))
     assert speech(api_server, voice=voice["id"], seed=11, max_frames=10).content == saved.content
 
