@@ -1,4 +1,6 @@
-"""Audio in and out: decode any upload to mono float32 at 44.1 kHz, encode responses in the
+"""Audio in and out: decode any upload to mono float32 at 44.1 kHz (and at its own rate) within
+bounds an anonymous upload cannot stretch (size, channels, rate and length checked from the header,
+length again while decoding, two decodes at a time, regular files only), encode responses in the
 OpenAI speech formats (whole files and incremental streams), and the small signal helpers the
 API needs (int16 conversion, loudness, silence trimming, pitch-preserving speed change).
 
@@ -63,6 +65,11 @@ class AudioError(ValueError):
     """Unusable audio or an unsupported format; the message says what the user can change."""
 
 
+class DecoderBusyError(AudioError):
+    """Every decode slot stayed taken for DECODE_WAIT_SECONDS: nothing wrong with the audio, retry
+    later (an HTTP API answers 503)."""
+
+
 @dataclass(frozen=True)
 class DecodedClip:
     """An uploaded clip: mono float32 at SAMPLE_RATE (what the codec encodes) and the same audio, mono,
@@ -121,7 +128,7 @@ def _decode_slot() -> Iterator[None]:
     """One of MAX_CONCURRENT_DECODES slots: a burst of uploads waits here instead of decoding side
     by side, and each decode gives its freed buffers back to the OS."""
     if not _decode_slots.acquire(timeout=DECODE_WAIT_SECONDS):
-        raise AudioError("The server is busy decoding other uploads; try again in a few seconds.")
+        raise DecoderBusyError("The server is busy decoding other uploads; try again in a few seconds.")
     try:
         yield
     except BaseException as exc:

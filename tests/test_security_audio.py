@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import engine.audio as audio
-from engine.audio import MAX_UPLOAD_BYTES, AudioError, load_audio, load_clip
+from engine.audio import MAX_UPLOAD_BYTES, AudioError, DecoderBusyError, load_audio, load_clip
 
 soundfile = pytest.importorskip("soundfile")
 av = pytest.importorskip("av")
@@ -271,7 +271,7 @@ def test_busy_when_no_decode_slot_frees(monkeypatch: pytest.MonkeyPatch) -> None
     for holder in holders:
         holder.__enter__()  # every slot taken, as by long decodes in other threads
     try:
-        with pytest.raises(AudioError, match=r"^The server is busy decoding other uploads; try again"):
+        with pytest.raises(DecoderBusyError, match=r"^The server is busy decoding other uploads; try again"):
             load_audio(wav_bytes(8_000, tone_pcm(2.0, 8_000)))
     finally:
         for holder in holders:
