@@ -68,6 +68,8 @@ def _last_event(http: httpx.Client, path: str) -> tuple[str, Any]:
                 kind = line[6:].strip()
             elif line.startswith("data:") and kind in ("complete", "error"):
                 payload = json.loads(line[5:])
+                if kind == "error" and isinstance(payload, dict):
+                    payload = payload.get("error")
                 if kind == "complete" or payload is not None:
                     return kind, payload
     return kind, payload
