@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -171,6 +172,23 @@ def test_long_compressed_uploads_rejected(make: Callable[[], bytes], match: str)
     data = make()
     assert len(data) < 2 << 20
     assert peak_growth_mb(rejected(data, match)) < PEAK_MARGIN_MB
+
+
+@pytest.mark.timeout(20)
+def test_one_sample_packets_stopped_by_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20,000 one-sample PCM packets (160 KB) decode one Python-visible frame each: at 25 MB, minutes.
+    out, rate = io.BytesIO(), 192_000
+    with av.open(out, "w", format="matroska") as file:
+        stream = file.add_stream("pcm_s16le", rate=rate, layout="mono")
+        for pts in range(20_000):
+            frame = av.AudioFrame.from_ndarray(np.full((1, 1), 100, np.int16), format="s16", layout="mono")
+            frame.sample_rate, frame.time_base, frame.pts = rate, Fraction(1, rate), pts
+            file.mux(stream.encode(frame))
+    monkeypatch.setattr(audio, "DECODE_DEADLINE_SECONDS", 0.3)
+    started = time.monotonic()
+    with pytest.raises(AudioError, match=r"^The audio took more than 0\.3 s to decode; re-export it as WAV or FLAC\.$"):
+        load_audio(out.getvalue())
+    assert time.monotonic() - started < 1.5
 
 
 def _soundfile_file(seconds: int, fmt: str, sample_rate: int = 22_050) -> bytes:
