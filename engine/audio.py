@@ -277,7 +277,10 @@ def _collect_mono(blocks: Iterator[np.ndarray], sample_rate: int, max_seconds: f
                 f"The audio took more than {DECODE_DEADLINE_SECONDS:g} s to decode; re-export it as WAV or FLAC."
             )
         out = mono[num_frames : num_frames + len(block)]
-        np.mean(block, axis=1, dtype=np.float32, out=out) if block.shape[1] > 1 else np.copyto(out, block[:, 0])
+        if block.shape[1] == 1:
+            out[:] = block[:, 0]  # mono stays bit-exact
+        else:
+            np.mean(block, axis=1, dtype=np.float32, out=out)
         num_frames += len(block)
     return mono[:num_frames]  # freed straight back to the OS when the caller drops it
 
