@@ -19,6 +19,7 @@ import os
 import stat
 import struct
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ MIN_INPUT_RATE, MAX_INPUT_RATE = 8_000, 192_000  # telephone to studio rates
 MAX_DECODE_SECONDS = 600.0  # the longest audio decoded for a caller that sets no limit (CLI, tests)
 MAX_CONCURRENT_DECODES = 2  # each holds at most max_seconds of mono audio and one block
 DECODE_WAIT_SECONDS = 10.0  # a decode waits this long for a slot, then the caller hears "busy"
+DECODE_DEADLINE_SECONDS = 10.0  # one-sample packets make a small file decode for minutes: stop it
 _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 _BLOCK_FRAMES = 1 << 15  # frames read at a time: 1 MiB of float32 at 8 channels
 _SF_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's length of a streamed file whose header leaves it open
@@ -238,7 +240,8 @@ def _av_blocks(container: Any, stream: Any) -> Iterator[np.ndarray]:
     for frame in container.decode(stream):
         if (frame.layout.nb_channels, frame.sample_rate) != header:
             raise AudioError("The audio changes its channels or sample rate mid-stream; re-export it as one file.")
-        for out in to_planar.resample(frame):
+        # opus, vorbis, aac and mp3 decode to fltp already: the resampler only costs time there.
+        for out in [frame] if frame.format.name == "fltp" else to_planar.resample(frame):
             yield out.to_ndarray().T
 
 
@@ -261,7 +264,7 @@ def _check_header(
 def _collect_mono(blocks: Iterator[np.ndarray], sample_rate: int, max_seconds: float) -> np.ndarray:
     """Mix each [n, channels] block to mono as it arrives, and stop as soon as more than
     max_seconds has been read: a header can lie about the length."""
-    max_frames = int(max_seconds * sample_rate)
+    max_frames, deadline = int(max_seconds * sample_rate), time.monotonic() + DECODE_DEADLINE_SECONDS
     # An anonymous mapping, not the heap: glibc never trims a worker thread's arena top, so a
     # rejected upload's buffer would stay resident for good. Untouched pages cost nothing.
     mono = np.frombuffer(mmap.mmap(-1, 4 * max_frames + 4), np.float32)
@@ -269,8 +272,15 @@ def _collect_mono(blocks: Iterator[np.ndarray], sample_rate: int, max_seconds: f
     for block in blocks:
         if num_frames + len(block) > max_frames:
             raise AudioError(f"Audio too long: over the maximum of {max_seconds:g} s; trim it first.")
+        if time.monotonic() > deadline:
+            raise AudioError(
+                f"The audio took more than {DECODE_DEADLINE_SECONDS:g} s to decode; re-export it as WAV or FLAC."
+            )
         out = mono[num_frames : num_frames + len(block)]
-        np.mean(block, axis=1, dtype=np.float32, out=out) if block.shape[1] > 1 else np.copyto(out, block[:, 0])
+        if block.shape[1] == 1:
+            out[:] = block[:, 0]  # mono stays bit-exact
+        else:
+            np.mean(block, axis=1, dtype=np.float32, out=out)
         num_frames += len(block)
     return mono[:num_frames]  # freed straight back to the OS when the caller drops it
 
