@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine.audio import AudioError, DecodedClip
+from engine.audio import AudioError, DecodedClip, DecoderBusyError
 from engine.request import ReferenceInput, SynthesisRequest
 from engine.sampler import SamplingParams
 from playground.api_errors import APIError, brief
@@ -28,6 +28,7 @@ from playground.store import RESERVED_NAMES, Voice
 MODEL_ALIASES = frozenset({MODEL_ID, "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15"})
 MAX_REFERENCES = 8
 MAX_INSTRUCTIONS_CHARS = 500
+DECODE_RETRY_SECONDS = 5  # what a 503 for busy decoders asks the client to wait
 _LEADING_SPEAKER_TAGS = re.compile(r"^(?:\s*<\|speaker:\d+\|>)*")
 # ValueError messages of SamplingParams / SynthesisRequest / add_request start with the field they
 # are about; this maps that word to the API parameter a client sent.
@@ -94,6 +95,9 @@ async def decode_clip(data: bytes, param: str) -> DecodedClip:
     """An uploaded clip (see playground.clips); APIError (400) otherwise."""
     try:
         return await run_in_threadpool(read_clip, data)
+    except DecoderBusyError as exc:
+        raise APIError(503, str(exc), param=param, code="server_busy",
+                       headers={"Retry-After": str(DECODE_RETRY_SECONDS)}) from exc
     except AudioError as exc:
         raise APIError(400, str(exc), param=param, code="invalid_audio") from exc
 

@@ -18,6 +18,7 @@ KEEP_ALIVE_SECONDS = 5
 
 
 class HeadDeadlineH11(H11Protocol):
+    head_timeout: float = HEAD_TIMEOUT_SECONDS
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -37,7 +38,7 @@ class HeadDeadlineH11(H11Protocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
         waiting_after = self.cycle  # a new head replaces this cycle
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_SECONDS, self._expire, waiting_after)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._expire, waiting_after)
 
     def _expire(self, waiting_after: object) -> None:
         if self.cycle is waiting_after and not self.transport.is_closing():

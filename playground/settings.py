@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.audio import MAX_UPLOAD_BYTES
 from engine.checkpoint import DEFAULT_MODEL_ID
 
 
@@ -23,7 +24,7 @@ class Settings:
     cuda_graphs: bool = True
     compile: bool = False
     demo_fallback: bool = True  # start on a random tiny checkpoint when no real weights are found
-    max_upload_mb: int = 25
+    max_upload_mb: int = MAX_UPLOAD_BYTES >> 20  # the decoder reads no more than this anyway
     shared_library: bool = False  # one voice library and history for every visitor and the API
     max_voices: int = 50  # saved voices per visitor (and for the API)
     max_history: int = 200  # takes kept per visitor; the oldest go first
@@ -38,6 +39,8 @@ class Settings:
         for name in ("max_upload_mb", "max_voices", "max_history", "max_disk_mb", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_upload_mb > MAX_UPLOAD_BYTES >> 20:
+            raise ValueError(f"max_upload_mb can be at most {MAX_UPLOAD_BYTES >> 20} (the decoder's limit)")
 
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
