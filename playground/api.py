@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 
 from playground import api_metrics, api_speech, api_voices
-from playground.api_errors import APIError, install_handlers
+from playground.api_errors import APIError, brief, install_handlers
 from playground.api_metrics import MODEL_ID, ApiCounters
 from playground.state import AppState
 
@@ -33,7 +33,7 @@ def models_router() -> APIRouter:
     @r.get("/{model_id}")
     async def get_model(model_id: str) -> dict[str, Any]:
         if model_id != MODEL_ID:
-            raise APIError(404, f"The model {model_id!r} does not exist; this server serves {MODEL_ID!r}.",
+            raise APIError(404, f"The model {brief(model_id)} does not exist; this server serves {MODEL_ID!r}.",
                            param="model", code="model_not_found")
         return model_json()
 
@@ -46,15 +46,18 @@ def fallback_router(routers: list[APIRouter]) -> APIRouter:
     routes = [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
     r = APIRouter()
 
-    @r.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-                 include_in_schema=False)
-    async def unknown_route(request: Request, rest: str) -> None:
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+    @r.api_route("/v1", methods=methods, include_in_schema=False)
+    @r.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
+    async def unknown_route(request: Request) -> None:
         path = request.scope["path"]
         allowed = sorted({m for route in routes if route.path_regex.fullmatch(path) for m in route.methods})
         if allowed:
-            raise APIError(405, f"Method {request.method} is not allowed on {path}; use {', '.join(allowed)}.",
+            raise APIError(405, f"Method {request.method} is not allowed on {brief(path)}; use {', '.join(allowed)}.",
                            code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
-        raise APIError(404, f"Unknown API route: {request.method} {path} (see docs/API.md).", code="not_found")
+        raise APIError(404, f"Unknown API route: {request.method} {brief(path)} (see docs/API.md).",
+                       code="not_found")
 
     return r
 

@@ -20,7 +20,7 @@ from playground.access import AUTH_COOKIE, SESSION_COOKIE, Access, cookie_header
 from playground.api_errors import APIError, BodyTooLarge, error_response
 from playground.api_metrics import ApiCounters
 
-COUNTED_PREFIXES = ("/v1/", "/health", "/metrics")
+COUNTED_PREFIXES = ("/v1", "/health", "/metrics")  # "/v1" also matches "/v1/..."
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UPLOAD_PATH = "/gradio_api/upload"
 LOGIN_PATH = "/login"
@@ -71,7 +71,7 @@ class Gate:
         if rejection is not None:
             await self._reject(scope, rejection)(scope, receive, send)
             return
-        if not path.startswith(("/v1/", "/health", "/metrics")):
+        if not path.startswith(COUNTED_PREFIXES):
             scope, send = self._with_session(scope, send)
         if path == LOGIN_PATH:
             await self._login(scope, receive, send)
@@ -83,7 +83,7 @@ class Gate:
         if not self.access.locked or path.startswith(PUBLIC_PREFIXES):
             return None
         auth = headers.get(b"authorization", b"").decode("latin-1")
-        if path.startswith(("/v1/", "/metrics")):
+        if path.startswith(("/v1", "/metrics")):
             ok = self.access.bearer_ok(auth)
         else:
             ok = self.access.page_ok(auth, cookies_of(list(headers.items())))
@@ -91,7 +91,7 @@ class Gate:
             return None
         message = ("Incorrect API key provided." if auth else
                    "Missing API key: send it as the header 'Authorization: Bearer <key>'.")
-        if not path.startswith(("/v1/", "/metrics")):
+        if not path.startswith(("/v1", "/metrics")):
             message += " In a browser, sign in at /login."
         return APIError(401, message, code="invalid_api_key", type="invalid_request_error",
                         headers={"WWW-Authenticate": "Bearer"})

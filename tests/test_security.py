@@ -257,6 +257,10 @@ def test_api_edges(guarded: Server) -> None:
     missing = httpx.get(f"{guarded.url}/v1/voices/{huge_id}", timeout=10)
     assert_openai_error(missing, 404, "voice_id")
     assert len(missing.text) < 400
+    for path in ("/v1", "/v1/", "/v1/" + "y" * 5000):  # every /v1 miss is OpenAI-shaped and brief
+        r = httpx.get(guarded.url + path, timeout=10)
+        assert_openai_error(r, 404, match="unknown api route")
+        assert len(r.text) < 400
     httpx.request("BREW", guarded.url + "/v1/models", timeout=10)
     text = httpx.get(guarded.url + "/metrics", timeout=10).text
     assert 'method="BREW"' not in text and 'method="OTHER"' in text
