@@ -3,22 +3,32 @@
 Every touch of the Engine happens on the device thread: callers send commands (add, abort, call)
 through a queue and receive Events through per-request asyncio queues. Leaving `stream()` early (a
 client disconnect, a Stop button, an exception) aborts the request and frees its KV blocks.
+
+A watchdog (watchdog.py) fails every waiting client with EngineUnhealthy when one step runs past
+the limit, after which `healthy` is False, every call is refused and, by default, the process exits
+with EXIT_HUNG so a supervisor restarts it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
+from engine.admission import EngineUnhealthy
 from engine.engine import Engine, Event
 from engine.request import SynthesisRequest
+from engine.sampler import SamplingParams
+from engine.watchdog import Hang, Watchdog, exit_process
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +47,82 @@ class AudioChunk:
 
 
 class AsyncEngine:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_hang: Callable[[Hang], None] | None = exit_process) -> None:
+        """on_hang: what to do, besides failing the clients, when a step hangs past the watchdog's
+        limit (EngineConfig.step_timeout_s); by default end the process (watchdog.exit_process)."""
         self.engine = engine
-        self._commands: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.on_hang = on_hang
+        self._commands: queue.Queue[tuple[Future, Callable[[], None]]] = queue.Queue()
         self._listeners: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Event]]] = {}
+        limit = engine.cfg.step_limit_s(engine.loaded.device.type == "cuda")
+        self.watchdog = Watchdog(limit, lambda: (engine.steps, engine.phase), self._hung) if limit > 0 else None
+        self._current: Future | None = None  # the command the device thread runs now
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._stopped = False
         self._thread.start()
 
     # -- device thread ----------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stopped:
+        while not self._stopped and self.healthy:
             block = not self.engine.has_work()
             try:
                 while True:
-                    self._commands.get(block=block, timeout=0.5 if block else None)()
+                    self._current, command = self._commands.get(block=block, timeout=0.5 if block else None)
+                    self._timed(command)
+                    self._current = None
                     block = False
             except queue.Empty:
                 pass
-            if self.engine.has_work():
-                self._step()
+            if self.engine.has_work() and self.healthy:
+                self._timed(self._step)
+
+    def _timed(self, fn: Callable[[], None]) -> None:
+        """Run fn under the watchdog's eye; nothing it raises may end the device thread."""
+        if self.watchdog is not None:
+            self.watchdog.busy_since = time.monotonic()
+        try:
+            fn()
+        except Exception:
+            log.exception("engine thread: unexpected error")
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.busy_since = None
+
+    def _hung(self, hang: Hang) -> None:
+        """On the watchdog's thread, the device thread being stuck: fail every client and every queued
+        command, then hand over to on_hang."""
+        for rid, (loop, q) in self._listeners.copy().items():  # copy(): atomic under the GIL
+            loop.call_soon_threadsafe(q.put_nowait, Event(rid, finished=True, reason="unhealthy", error=hang.message))
+        current = self._current
+        if current is not None:  # e.g. an add_request stuck on the device
+            with contextlib.suppress(InvalidStateError):  # it may have finished meanwhile
+                current.set_exception(EngineUnhealthy(hang.message))
+        self._fail_commands()
+        if self.on_hang is not None:
+            self.on_hang(hang)
+
+    def _fail_commands(self) -> None:
+        while True:
+            try:
+                fut, _ = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(EngineUnhealthy(self.watchdog.hang.message))
+
+    @property
+    def healthy(self) -> bool:
+        return self.watchdog is None or self.watchdog.hang is None
+
+    def health(self) -> dict[str, Any]:
+        """Readable from any thread without the device thread (which may be the one that hangs)."""
+        hang = None if self.watchdog is None else self.watchdog.hang
+        return {"healthy": hang is None, "reason": None if hang is None else hang.message,
+                "step": self.engine.steps if hang is None else hang.step,
+                "phase": self.engine.phase if hang is None else hang.phase,
+                "step_seconds": 0.0 if self.watchdog is None else self.watchdog.busy_seconds(),
+                "limit_s": None if self.watchdog is None else self.watchdog.limit_s,
+                "running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting)}
 
     def _step(self) -> None:
         try:
@@ -75,38 +141,59 @@ class AsyncEngine:
                 loop.call_soon_threadsafe(q.put_nowait, ev)
 
     def call(self, fn: Callable[[Engine], Any]) -> Future:
-        """Run fn(engine) on the device thread; the Future holds its result or exception."""
+        """Run fn(engine) on the device thread; the Future holds its result or exception
+        (EngineUnhealthy at once once the watchdog has fired)."""
         fut: Future = Future()
+        if not self.healthy:
+            fut.set_exception(EngineUnhealthy(self.watchdog.hang.message))
+            return fut
 
         def run() -> None:
             if not fut.set_running_or_notify_cancel():
                 return  # the caller gave up before the command ran
             try:
-                fut.set_result(fn(self.engine))
+                result = fn(self.engine)
             except Exception as exc:
                 fut.set_exception(exc)
-        self._commands.put(run)
+            else:
+                fut.set_result(result)
+        self._commands.put((fut, run))
+        if not self.healthy:  # the watchdog fired between the check and the put
+            self._fail_commands()
         return fut
 
     def shutdown(self) -> None:
         self._stopped = True
-        self._commands.put(lambda: None)
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self._commands.put((Future(), lambda: None))
         self._thread.join(timeout=10)
 
     # -- asyncio side -----------------------------------------------------------------------
     async def run(self, fn: Callable[[Engine], Any]) -> Any:
         return await asyncio.wrap_future(self.call(fn))
 
-    async def stream(self, req: SynthesisRequest) -> AsyncIterator[AudioChunk]:
-        """Submit `req` and yield its audio as it is made. Raises ValueError for bad input."""
+    def stream(self, req: SynthesisRequest, on_added: Callable[[int], None] | None = None
+               ) -> AsyncIterator[AudioChunk]:
+        """Submit `req` and yield its audio as it is made. Raises ValueError for bad input, EngineBusy
+        when the waiting queue is full, EngineUnhealthy when the engine stopped serving (also in the
+        middle of a stream), RuntimeError when a step failed. on_added(request_id) runs as soon as the
+        request is queued (for queue_position)."""
+        return self._stream(lambda engine: engine.add_request(req), on_added)
+
+    def stream_prompt(self, prompt: Tensor, params: SamplingParams, max_frames: int,
+                      stream_pcm: bool = True) -> AsyncIterator[AudioChunk]:
+        """stream() for a ready prompt grid [11, T] (Engine.add_prompt): benchmarks and tests."""
+        return self._stream(lambda engine: engine.add_prompt(prompt, params, max_frames, stream_pcm), None)
+
+    async def _stream(self, add_to: Callable[[Engine], int], on_added: Callable[[int], None] | None
+                      ) -> AsyncIterator[AudioChunk]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        holder: dict[str, int] = {}
 
         def add(engine: Engine) -> int:
-            rid = engine.add_request(req)
+            rid = add_to(engine)
             self._listeners[rid] = (loop, events)  # registered before any step can emit for rid
-            holder["id"] = rid
             return rid
 
         fut = self.call(add)
@@ -117,12 +204,16 @@ class AsyncEngine:
             fut.add_done_callback(lambda f: f.exception() is None and self.call(
                 lambda engine: self._drop(engine, f.result())))
             raise
+        if on_added is not None:
+            on_added(rid)
         finished = False
         try:
             while True:
                 ev = await events.get()
                 if ev.finished:
                     finished = True
+                    if ev.reason == "unhealthy":
+                        raise EngineUnhealthy(ev.error)
                     if ev.reason == "error":
                         raise RuntimeError(ev.error or "generation failed")
                     yield AudioChunk(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), True,

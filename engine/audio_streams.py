@@ -1,12 +1,16 @@
 """Turns each request's new frames into PCM with one batched SlotVocoder call per step.
 
-A streaming request gets a vocoder row for its whole life (across text chunks). Its first frame is
+A streaming request gets a vocoder row at its first frame and keeps it for its whole life (across
+text chunks). Rows hold no more streams than decode at once: a row is taken only by a request that
+is decoding, and one between chunks holds a row but its next chunk is queued first and admitted
+before any new request, so the engine's max_batch rows always suffice (asserted). A row is reset on
+the vocoder's stream, behind any push of its previous owner still queued there. Its first frame is
 decoded at once (time to first audio); later frames are decoded in growing groups (1, 2, 4, ... up to
 `group_frames`), so the audio already out always covers the time until the next group. Past that
 ramp, whenever one stream's group is full every other stream past its ramp pushes what it has with
 it: streams that started at different steps fall into step after one group and then share one
 decoder call, which reads the codec's weights once for all of them. Rows with the same number of
-pending frames share one call. A stream alone keeps the plain 1, 2, 4, ..., group_frames cadence,
+pending frames share one call, of at most `push_rows` rows. A stream alone keeps the plain 1, 2, 4, ..., group_frames cadence,
 so its audio is the same at every run (the split into pushes moves float rounding).
 """
 from __future__ import annotations
@@ -50,13 +54,16 @@ class _Decoded:
 
 class AudioStreams:
     def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True,
-                 fused: bool | None = None) -> None:
-        """fused: decode with the codec kernels of fused_decoder.py (default: on CUDA in float32)."""
+                 fused: bool | None = None, push_rows: int | None = None) -> None:
+        """fused: decode with the codec kernels of fused_decoder.py (default: on CUDA in float32).
+        push_rows: streams decoded in one call at most (default max_rows)."""
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
         # handful of shapes (each new conv shape costs a slow first call on the GPU).
         self.vocoder = SlotVocoder(codec, max_rows + 1, fused)
+        self.max_rows = max_rows
         self.scratch_row = max_rows
-        self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < max_rows] + [max_rows]
+        self.push_rows = min(max_rows, push_rows or max_rows)
+        self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < self.push_rows] + [self.push_rows]
         self.device = next(codec.parameters()).device
         cuda = self.device.type == "cuda"
         # High priority: a stream's first audio must not queue behind the next AR frame's kernels.
@@ -129,12 +136,14 @@ class AudioStreams:
         groups: dict[int, list[int]] = defaultdict(list)
         full = any(len(s.pending) >= self.group_frames and not s.ramping(self.group_frames)
                    for s in self.streams.values())
-        for rid, stream in self.streams.items():
-            if stream.pending and (rid in flush or self.due(stream, full)) and self._row(stream):
-                groups[len(stream.pending)].append(rid)
-        with self._side_stream():
+        with self._side_stream():  # row resets too: ordered after the pushes of a row's last owner
+            for rid, stream in self.streams.items():
+                if stream.pending and (rid in flush or self.due(stream, full)):
+                    self._take_row(stream)
+                    groups[len(stream.pending)].append(rid)
             for rids in groups.values():
-                self.decoded.append(self._push(rids))
+                for start in range(0, len(rids), self.push_rows):
+                    self.decoded.append(self._push(rids[start:start + self.push_rows]))
         out = []
         while self.decoded and (flush or self.decoded[0].ready()):
             item = self.decoded.popleft()
@@ -151,11 +160,14 @@ class AudioStreams:
         """On CUDA the vocoder runs on its own stream, so it overlaps the AR frame queued before it."""
         return torch.cuda.stream(self.side) if self.side is not None else contextlib.nullcontext()
 
-    def _row(self, stream: _Stream) -> bool:
-        if stream.row < 0 and self.free_rows:
+    def rows_free(self) -> int:
+        return len(self.free_rows)
+
+    def _take_row(self, stream: _Stream) -> None:
+        if stream.row < 0:
+            assert self.free_rows, f"all {self.max_rows} vocoder rows are taken: more streams decode than rows"
             stream.row = self.free_rows.pop()
             self.vocoder.reset(stream.row)
-        return stream.row >= 0  # no row free: the frames wait for one
 
     def _push(self, rids: list[int]) -> _Decoded:
         streams = [self.streams[r] for r in rids]

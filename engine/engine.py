@@ -4,6 +4,7 @@ A request becomes a Job: its text is split into chunks, and each chunk is one Se
 system + references + earlier chunks as user/assistant turns + this chunk). `step()` asks the scheduler
 for a plan, runs prefill and one batched decode frame on the runner, turns new frames into PCM with
 one batched streaming-vocoder call (audio_streams.py), and returns Events. Only `runner.py` touches model tensors.
+Admission: beyond `EngineConfig.waiting_limit` queued requests, add_request raises EngineBusy.
 """
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from engine.admission import EngineBusy, QueueRate, retry_after_s
 from engine.audio_streams import AudioStreams
 from engine.engine_config import EngineConfig
 from engine.kv_cache import BlockManager
 from engine.loader import LoadedModel
+from engine.memory_plan import MemoryPlan, block_bytes, device_bytes, kv_blocks
 from engine.metrics import EngineMetrics, RequestTimes
 from engine.prompt import Reference, build_prompt, split_text
 from engine.request import Sequence, Status, SynthesisRequest, new_request_id, now
@@ -39,7 +43,7 @@ class Event:
     codes: np.ndarray | None = None  # [10, n] int64
     pcm: np.ndarray | None = None  # float32 mono at the codec sample rate
     finished: bool = False
-    reason: str | None = None  # eos | length | aborted | error
+    reason: str | None = None  # eos | length | aborted | error | unhealthy (the watchdog fired)
     error: str | None = None
     chunk_index: int = 0
     stats: dict[str, float | int | None] | None = None  # final figures, on the finishing event
@@ -82,25 +86,28 @@ class Engine:
         if cfg.fused_kernels and loaded.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("the fused kernels need a CUDA GPU (on CPU only Triton's interpreter runs them, "
                              "for tests: TRITON_INTERPRET=1)")
-        num_blocks = cfg.num_blocks or cfg.blocks_from_memory(loaded)
+        cuda = loaded.device.type == "cuda"
+        weights = device_bytes(loaded.device)
+        # The vocoder before the KV pool, which is sized from the memory it leaves (memory_plan.py).
+        # One row per decoding stream is enough (see audio_streams.py).
+        fused_codec = cfg.fused_kernels is not False and not cfg.compile and cuda
+        self.streams = AudioStreams(loaded.codec, cfg.max_batch, cfg.vocoder_group_frames,
+                                    cfg.overlap_vocoder, fused=fused_codec, push_rows=cfg.vocoder_push_rows)
+        if cuda:
+            self.streams.warm_up()
+        vocoder = device_bytes(loaded.device) - weights
+        num_blocks = cfg.num_blocks or kv_blocks(loaded, cfg.block_size, cfg.gpu_memory_fraction, cfg.cpu_kv_mb)
         self.runner = ModelRunner(loaded.model, RunnerConfig(num_blocks, cfg.block_size, cfg.max_batch,
                                                              loaded.config.text.max_seq_len),
                                   fused=False if cfg.compile else cfg.fused_kernels)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget, cfg.burst_hold_tokens)
-        self.graphs = None
-        if cfg.cuda_graphs and loaded.device.type == "cuda":
-            from engine.cuda_graphs import FrameGraphs
-            self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
-            if self.runner.fused and cfg.prefill_graph_tokens:
-                from engine.prefill_graphs import PrefillGraphs
-                self.runner.prefill_graphs = PrefillGraphs(self.runner, cfg.prefill_graph_tokens)
-        # The codec decoder's fused kernels follow the AR's on CUDA (on CPU the module path decodes).
-        fused_codec = cfg.fused_kernels is not False and not cfg.compile and loaded.device.type == "cuda"
-        self.streams = AudioStreams(loaded.codec, 2 * cfg.max_batch, cfg.vocoder_group_frames,
-                                    cfg.overlap_vocoder, fused=fused_codec)
-        if loaded.device.type == "cuda":
-            self.streams.warm_up()
+        before_graphs = device_bytes(loaded.device)
+        self._capture_graphs()
+        one_block = block_bytes(loaded.config, loaded.dtype, cfg.block_size)
+        self.memory = MemoryPlan(weights, vocoder, device_bytes(loaded.device) - before_graphs, num_blocks,
+                                 one_block, cfg.block_size, cfg.max_batch)
+        log.info(self.memory.describe())
         self.run_ahead = loaded.device.type == "cuda" if cfg.run_ahead is None else cfg.run_ahead
         self.inflight: _Launched | None = None  # run-ahead: the frame queued last step, not yet read
         self._host_out: list[Tensor] = []  # pinned buffers the frame outputs are copied to (CUDA)
@@ -112,32 +119,58 @@ class Engine:
         self.pending: list[Event] = []
         self.metrics = EngineMetrics()
         self._voice_cache: OrderedDict[str, Tensor] = OrderedDict()
+        self.queue_rate = QueueRate()
+        self.steps = 0
+        self.phase = "idle"  # what the current step is doing, for the watchdog's report
+        # Test and fault-injection hook: each is called with the engine at the start of every step,
+        # on the device thread; one that blocks makes the step hang (how the watchdog is tested).
+        self.step_hooks: list[Callable[[Engine], None]] = []
+
+    def _capture_graphs(self) -> None:
+        cfg = self.cfg
+        self.graphs = None
+        if cfg.cuda_graphs and self.loaded.device.type == "cuda":
+            from engine.cuda_graphs import FrameGraphs
+            self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
+            if self.runner.fused and cfg.prefill_graph_tokens:
+                from engine.prefill_graphs import PrefillGraphs
+                self.runner.prefill_graphs = PrefillGraphs(self.runner, cfg.prefill_graph_tokens)
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: SynthesisRequest) -> int:
-        """Validate and queue a request; raises ValueError with a user-facing message on bad input."""
+        """Validate and queue a request. Raises ValueError with a user-facing message on bad input
+        (also for a request the KV pool or the model's context can never hold), EngineBusy when the
+        waiting queue is full."""
+        self.check_room()
         refs = [Reference(r.text, self._reference_codes(r)) for r in req.references]
         chunks = split_text(req.text, req.chunk_length) if req.chunk_length else [req.text.strip()]
         if not chunks:
             raise ValueError("text has nothing to speak (only tags?)")
-        job = self._new_job(chunks, refs, req.sampling, req.max_frames, req.stream_pcm)
-        self._start_chunk(job)  # builds and checks the first prompt before anything is queued
-        return job.request_id
+        job = Job(new_request_id(), chunks, refs, req.sampling, req.max_frames, RequestTimes(now()))
+        return self._queue(job, req.stream_pcm)
 
     def add_prompt(self, prompt: Tensor, params: SamplingParams, max_frames: int,
                    stream_pcm: bool = False) -> int:
         """Queue a ready prompt grid [11, T] (one chunk): for benchmarks and reference comparisons."""
-        job = self._new_job([""], [], params, max_frames, stream_pcm)
-        job.fixed_prompt = prompt
-        self._start_chunk(job)
-        return job.request_id
+        self.check_room()
+        job = Job(new_request_id(), [""], [], params, max_frames, RequestTimes(now()), fixed_prompt=prompt)
+        return self._queue(job, stream_pcm)
 
-    def _new_job(self, chunks: list[str], refs: list[Reference], params: SamplingParams,
-                 max_frames: int, stream_pcm: bool) -> Job:
-        job = Job(new_request_id(), chunks, refs, params, max_frames, RequestTimes(now()))
+    def _queue(self, job: Job, stream_pcm: bool) -> int:
+        self._start_chunk(job)  # builds and checks the first prompt; raises before anything is kept
         if stream_pcm:
             self.streams.open(job.request_id)
-        return job
+        return job.request_id
+
+    def waiting_beyond_slots(self) -> int:
+        """Queued sequences that will not start at the next step (more than the free decode slots)."""
+        return max(0, len(self.scheduler.waiting) - len(self.scheduler.free_slots))
+
+    def check_room(self) -> None:
+        """Raise EngineBusy when a new request would wait beyond the queue's limit."""
+        waiting, limit = self.waiting_beyond_slots(), self.cfg.waiting_limit
+        if waiting >= limit:
+            raise EngineBusy(retry_after_s(self.queue_rate, waiting, limit), waiting + 1, waiting, limit)
 
     def _reference_codes(self, ref) -> Tensor:
         if ref.codes is not None:
@@ -170,6 +203,10 @@ class Engine:
                                 job.history)
         columns = [tuple(c) for c in grid.T.tolist()]
         seq = Sequence(job.request_id, columns, job.frames_left, job.frames_done)
+        if seq.total_tokens > self.runner.cfg.max_model_len:
+            raise ValueError(f"request needs {seq.total_tokens} tokens ({seq.prompt_len} of prompt + "
+                             f"{seq.max_new_frames} frames); the model's context holds "
+                             f"{self.runner.cfg.max_model_len}: lower max_frames or shorten the text")
         self.scheduler.add(seq, front=job.chunk_index > 0)
         job.seq = seq
         self.jobs[job.request_id] = job
@@ -195,14 +232,23 @@ class Engine:
         """Prefill what the scheduler planned, queue one decode frame for the running sequences,
         decode due audio, and turn the last frame's tokens into events. With run-ahead the frame
         read here is the one queued by the previous step (the device already works on the next)."""
+        self.steps += 1
+        for hook in self.step_hooks:
+            self.phase = "step hook"
+            hook(self)
         events, self.pending = self.pending, []
         if self.inflight is not None and self.inflight.first_audio:
             # A stream's first frame is in flight: read it and decode its audio before queueing the
             # next frame (overlapped, the codec's kernels would wait behind the AR frame's).
             ready, self.inflight = self.inflight, None
+            self.phase = "read first frame"
             events += self._advance(ready.seqs, ready.rows())
+        self.phase = "schedule"
+        admitted = self.scheduler.admitted
         plan = self.scheduler.schedule()
+        self.queue_rate.departed(self.scheduler.admitted - admitted)
         if plan.prefill:
+            self.phase = "prefill"
             self.runner.prefill(plan.prefill)
             for seq, start, n in plan.prefill:
                 seq.num_computed = start + n
@@ -212,20 +258,24 @@ class Engine:
         decode = [s for s in plan.decode if len(s.frames) + s.inflight < s.max_new_frames]
         launched = None
         if decode:
+            self.phase = "launch frame"
             for seq in decode:
                 if not seq.started:
                     self.runner.start_sequence(seq.slot, self.jobs[seq.request_id].params)
                     seq.started = True
             launched = self._launch_frame(decode)
         # Audio of earlier frames is decoded while the GPU runs this frame (a second CUDA stream).
+        self.phase = "vocoder"
         events += self._vocode(flush=set())
         if self.run_ahead:
             ready, self.inflight = self.inflight, launched
         else:
             ready = launched
         if ready is not None:
+            self.phase = "read frame"
             events += self._advance(ready.seqs, ready.rows())
         self.metrics.step(len(decode), self.blocks)
+        self.phase = "idle"
         return events
 
     def _launch_frame(self, seqs: list[Sequence]) -> _Launched:

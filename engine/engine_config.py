@@ -1,20 +1,16 @@
-"""EngineConfig: limits and switches of the serving core (KV pool, batching, graphs)."""
+"""EngineConfig: limits and switches of the serving core (KV pool, batching, graphs, admission, watchdog)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import torch
-
-if TYPE_CHECKING:
-    from engine.loader import LoadedModel
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     block_size: int = 64  # tokens per KV block
     num_blocks: int | None = None  # None: sized from free device memory (GPU) or cpu_kv_mb (CPU)
-    gpu_memory_fraction: float = 0.80  # share of the GPU's free memory (after weights) given to KV
+    # share of the GPU's free memory given to KV, measured after the weights and the vocoder (its
+    # state rows and graphs) are on the device (memory_plan.py)
+    gpu_memory_fraction: float = 0.80
     cpu_kv_mb: int = 1024
     max_batch: int = 32  # sequences decoded together in one frame
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
@@ -33,6 +29,15 @@ class EngineConfig:
     overlap_vocoder: bool = True  # CUDA: decode audio on a second stream, overlapping the next frame
     # Queue frame k+1 before reading frame k, so host work hides behind the device (None = on CUDA).
     run_ahead: bool | None = None
+    # Streams decoded in one vocoder call at most (larger groups are split): bounds the codec's
+    # activation memory and its graph shapes whatever max_batch is.
+    vocoder_push_rows: int = 64
+    # Requests waiting for a decode slot before add_request raises EngineBusy. None: 2 * max_batch,
+    # so a queued request starts within about two request lengths (~10 s at 400 frames a request).
+    max_waiting: int | None = None
+    # Watchdog: a step running longer than this fails every request and marks the engine unhealthy.
+    # None: 30 s on CUDA (a frame takes ~10 ms), 600 s on CPU (real weights take seconds a step); 0: off.
+    step_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:
@@ -51,19 +56,22 @@ class EngineConfig:
             raise ValueError("compile applies to the module path: it cannot be combined with fused_kernels")
         if self.max_reference_seconds <= 0:
             raise ValueError("max_reference_seconds must be positive")
+        if self.vocoder_push_rows < 1:
+            raise ValueError("vocoder_push_rows must be positive")
+        if self.max_waiting is not None and self.max_waiting < 0:
+            raise ValueError("max_waiting must be >= 0 (0: refuse every request that would wait)")
+        if self.step_timeout_s is not None and self.step_timeout_s < 0:
+            raise ValueError("step_timeout_s must be >= 0 (0: no watchdog)")
 
-    def block_bytes(self, loaded: LoadedModel) -> int:
-        t = loaded.config.text
-        elem = torch.empty((), dtype=loaded.dtype).element_size()
-        return 2 * t.n_layer * self.block_size * t.n_local_heads * t.head_dim * elem
+    @property
+    def waiting_limit(self) -> int:
+        return 2 * self.max_batch if self.max_waiting is None else self.max_waiting
 
-    def blocks_from_memory(self, loaded: LoadedModel) -> int:
-        if loaded.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(loaded.device)
-            budget = int(free * self.gpu_memory_fraction) - (1 << 30)  # 1 GiB for activations/graphs
-        else:
-            budget = self.cpu_kv_mb << 20
-        return max(1, budget // self.block_bytes(loaded))
+    def step_limit_s(self, cuda: bool) -> float:
+        """The watchdog's limit in seconds on this device (0: off)."""
+        if self.step_timeout_s is not None:
+            return self.step_timeout_s
+        return 30.0 if cuda else 600.0
 
     def graph_buckets(self) -> list[int]:
         if self.graph_batch_sizes:

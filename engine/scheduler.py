@@ -34,6 +34,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.free_slots = list(range(max_batch - 1, -1, -1))
+        self.admitted = 0  # sequences that left the queue so far (admission control measures the rate)
 
     def add(self, seq: Sequence, front: bool = False) -> None:
         if self.blocks.blocks_for(seq.total_tokens) > self.blocks.num_blocks:
@@ -65,6 +66,7 @@ class Scheduler:
             seq.slot = self.free_slots.pop()
             seq.status = Status.RUNNING
             self.running.append(seq)
+            self.admitted += 1
 
     def schedule(self) -> StepPlan:
         self._admit()

@@ -1,0 +1,92 @@
+"""The device memory plan: how many KV blocks the pool gets, and what the rest of the memory holds.
+
+The KV pool is sized last, from the memory left once the weights and the streaming vocoder (its
+state rows and CUDA graphs, the largest fixed cost besides the weights) are on the device, keeping a
+margin for the AR's graphs and activations (captured after the pool: they point into it). Sizing it
+first left the vocoder's graph capture without memory at large batches. The plan is logged at start:
+weights, vocoder, graphs, KV blocks and how many streams of a typical length they hold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from engine.config import ModelConfig
+
+if TYPE_CHECKING:
+    from engine.loader import LoadedModel
+
+GIB = 1 << 30
+AR_RESERVE_BYTES = 1 << 30  # the AR's frame and prefill graphs and activations (~0.3 GiB at batch 256)
+# A typical stream: a 20 s voice (430 frames) and a sentence in the prompt, then ~25 s of speech.
+TYPICAL_STREAM_TOKENS = 1024
+
+
+def block_bytes(config: ModelConfig, dtype: torch.dtype, block_size: int) -> int:
+    """Bytes of one KV block: keys and values of every slow layer for `block_size` tokens."""
+    t = config.text
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * t.n_layer * block_size * t.n_local_heads * t.head_dim * elem
+
+
+def kv_blocks_for(free_bytes: int, fraction: float, one_block: int) -> int:
+    """Blocks the pool gets out of `free_bytes` (the memory left after weights and vocoder)."""
+    return max(1, (int(free_bytes * fraction) - AR_RESERVE_BYTES) // one_block)
+
+
+def streams_held(num_blocks: int, block_size: int, tokens: int = TYPICAL_STREAM_TOKENS) -> int:
+    """How many sequences of `tokens` tokens (prompt + frames) the pool holds at once."""
+    return num_blocks // -(-tokens // block_size)
+
+
+def device_bytes(device: torch.device) -> int:
+    """Memory allocated on `device` now (0 on CPU: nothing to plan there)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def free_bytes(device: torch.device) -> int:
+    """Device memory free for new allocations: the driver's free memory plus what torch holds unused."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    weights_bytes: int
+    vocoder_bytes: int  # state rows, graph buffers and the codec's working memory
+    graphs_bytes: int  # the AR's frame and prefill graphs
+    num_blocks: int
+    block_bytes: int
+    block_size: int
+    max_batch: int
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.num_blocks * self.block_bytes
+
+    @property
+    def largest_batch(self) -> int:
+        """The most streams of the typical length that decode together with every KV block they need."""
+        return streams_held(self.num_blocks, self.block_size)
+
+    def describe(self) -> str:
+        streams = self.largest_batch
+        text = (f"memory plan: weights {self.weights_bytes / GIB:.1f} GiB, vocoder {self.vocoder_bytes / GIB:.1f} GiB, "
+                f"AR graphs {self.graphs_bytes / GIB:.2f} GiB, KV {self.kv_bytes / GIB:.1f} GiB = {self.num_blocks} "
+                f"blocks of {self.block_size} tokens = {streams} streams of {TYPICAL_STREAM_TOKENS} tokens "
+                f"(max_batch {self.max_batch})")
+        if streams < self.max_batch:
+            text += (f"; at that length at most {streams} streams decode at once, the rest wait for KV blocks: "
+                     f"--max-batch {max(1, streams)} fits this card")
+        return text
+
+
+def kv_blocks(loaded: LoadedModel, block_size: int, fraction: float, cpu_kv_mb: int) -> int:
+    """The pool's size when none is given: from the device memory free now (call it after the vocoder
+    is built), or `cpu_kv_mb` on the CPU."""
+    one = block_bytes(loaded.config, loaded.dtype, block_size)
+    if loaded.device.type == "cuda":
+        return kv_blocks_for(free_bytes(loaded.device), fraction, one)
+    return max(1, (cpu_kv_mb << 20) // one)
