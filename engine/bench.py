@@ -270,7 +270,8 @@ def capacity_bench(args: argparse.Namespace) -> tuple[list[capacity.CapacityRow]
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     header = (f"capacity · preset {args.preset} · {gpu} · torch {torch.__version__} · max_batch {cfg.max_batch} · "
               f"{engine.blocks.num_blocks} KV blocks · waiting limit {cfg.waiting_limit} · {args.frames} frames "
-              f"({capacity.stream_seconds(args.frames):.1f} s) a stream · starts over {args.spread} s · no prefix hit")
+              f"({capacity.stream_seconds(args.frames):.1f} s) a stream · starts over {args.spread} s · "
+              "no prefix hit")
     print(header + "\n" + capacity.HEADER, flush=True)
     try:
         rows = capacity.capacity(aengine, lambda i: make_prompt(loaded.config, i, i),
