@@ -10,8 +10,9 @@ decoded at once (time to first audio); later frames are decoded in growing group
 ramp, whenever one stream's group is full every other stream past its ramp pushes what it has with
 it: streams that started at different steps fall into step after one group and then share one
 decoder call, which reads the codec's weights once for all of them. Rows with the same number of
-pending frames share one call, of at most `push_rows` rows. A stream alone keeps the plain 1, 2, 4, ..., group_frames cadence,
-so its audio is the same at every run (the split into pushes moves float rounding).
+pending frames share one call, of at most `push_rows` rows. A stream alone keeps the plain 1, 2, 4,
+..., group_frames cadence, so its audio is the same at every run (the split into pushes moves float
+rounding).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ frames/s per request, aggregate frames/s, RTF, TTFT and TTFB (p50/p95, streaming
 the mean engine step while all requests decode, and the per-request frame time (decode time ÷ frames)
 ÷ floor, the floor being the bytes one frame must read (weights + KV) ÷ the device copy bandwidth
 measured in the same run. A prefix-cache-hit run (same voice for every request) follows.
+With --capacity it measures real-time capacity instead (engine/capacity.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from engine import capacity
+from engine.async_engine import AsyncEngine
 from engine.config import ModelConfig, s2_pro_config, tiny_config
 from engine.engine import Engine
 from engine.engine_config import EngineConfig
@@ -253,6 +256,33 @@ def bench(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+def capacity_bench(args: argparse.Namespace) -> tuple[list[capacity.CapacityRow], str]:
+    """Real-time capacity rounds on one engine (max_batch from --max-batch)."""
+    device = pick_device(args.device)
+    loaded = build(args.preset, device, Path(tempfile.mkdtemp()))
+    cfg = EngineConfig(max_batch=args.max_batch or EngineConfig.max_batch, num_blocks=args.num_blocks,
+                       max_waiting=args.max_waiting, cuda_graphs=not args.eager)
+    engine = Engine(loaded, cfg)
+    engine.runner.ignore_eos = True
+    for c in cfg.graph_buckets() if device.type == "cuda" else [1]:  # one-time setup of every graph bucket
+        run_round(engine, c, 8 if device.type == "cuda" else 2, False, 0)
+    aengine = AsyncEngine(engine)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    header = (f"capacity · preset {args.preset} · {gpu} · torch {torch.__version__} · max_batch {cfg.max_batch} · "
+              f"{engine.blocks.num_blocks} KV blocks · waiting limit {cfg.waiting_limit} · {args.frames} frames "
+              f"({capacity.stream_seconds(args.frames):.1f} s) a stream · starts over {args.spread} s · "
+              "no prefix hit")
+    print(header + "\n" + capacity.HEADER, flush=True)
+    try:
+        rows = capacity.capacity(aengine, lambda i: make_prompt(loaded.config, i, i),
+                                 [int(c) for c in args.capacity.split(",")], args.frames, args.spread)
+    finally:
+        aengine.shutdown()
+    print(f"largest real-time round: {capacity.largest_real_time(rows)} clients"
+          + (f"; peak reserved {torch.cuda.max_memory_reserved() / 2**30:.1f} GiB" if device.type == "cuda" else ""))
+    return rows, header
+
+
 def print_table(rows: list[Row], header: str) -> None:
     print(header)
     print("| conc | prefix hit | frames/s/req | aggregate frames/s | RTF | TTFT p50/p95 ms | TTFB p50/p95 ms "
@@ -286,9 +316,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-overlap", action="store_true", help="vocoder on the main stream, after the frame")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     p.add_argument("--kernel-profile", action="store_true", help="print the GPU kernels of a frame per concurrency")
+    p.add_argument("--capacity", default=None, help="client counts: measure real-time capacity instead")
+    p.add_argument("--max-batch", type=int, default=None, help="--capacity: the engine's max_batch")
+    p.add_argument("--max-waiting", type=int, default=None, help="--capacity: the engine's waiting limit")
+    p.add_argument("--spread", type=float, default=2.0, help="--capacity: clients start over this many seconds")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.capacity:
+        cap_rows, header = capacity_bench(args)
+        if args.json:
+            args.json.write_text(json.dumps({"header": header, "rows": [asdict(r) for r in cap_rows],
+                                             "largest_real_time": capacity.largest_real_time(cap_rows)}, indent=2))
+        return
     rows = bench(args)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "

@@ -107,7 +107,8 @@ class Engine:
         one_block = block_bytes(loaded.config, loaded.dtype, cfg.block_size)
         self.memory = MemoryPlan(weights, vocoder, device_bytes(loaded.device) - before_graphs, num_blocks,
                                  one_block, cfg.block_size, cfg.max_batch)
-        log.info(self.memory.describe())
+        if cuda:
+            log.info(self.memory.describe())
         self.run_ahead = loaded.device.type == "cuda" if cfg.run_ahead is None else cfg.run_ahead
         self.inflight: _Launched | None = None  # run-ahead: the frame queued last step, not yet read
         self._host_out: list[Tensor] = []  # pinned buffers the frame outputs are copied to (CUDA)

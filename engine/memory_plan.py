@@ -42,8 +42,8 @@ def streams_held(num_blocks: int, block_size: int, tokens: int = TYPICAL_STREAM_
 
 
 def device_bytes(device: torch.device) -> int:
-    """Memory allocated on `device` now (0 on CPU: nothing to plan there)."""
-    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    """Memory torch holds on `device` now, graph pools and cached blocks included (0 on CPU)."""
+    return torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
 
 
 def free_bytes(device: torch.device) -> int:

@@ -73,3 +73,43 @@ def test_group_size_is_bounded_because_each_size_gets_a_graph() -> None:
     for bad in (0, 17):
         with pytest.raises(ValueError, match=r"vocoder_group_frames must be in \[1, 16\]"):
             EngineConfig(vocoder_group_frames=bad)
+
+
+def test_large_groups_are_split_into_pushes_of_push_rows() -> None:
+    codec = make_codec()
+    streams = AudioStreams(codec, max_rows=5, group_frames=4, push_rows=2)
+    assert streams.buckets == [1, 2]
+    rows_per_call: list[int] = []
+    push = streams.vocoder.push
+    streams.vocoder.push = lambda slots, c: (rows_per_call.append(len(slots)), push(slots, c))[1]
+    codes = {rid: random_codes(1, 7, seed=10 + rid)[0].numpy() for rid in range(5)}
+    pcm: dict[int, list[np.ndarray]] = {rid: [] for rid in codes}
+    for rid in codes:
+        streams.open(rid)
+    for step in range(7):
+        for rid in codes:
+            streams.add(rid, codes[rid][:, step])
+        for rid, chunk in streams.decode(streams.starting() | (set(codes) if step == 6 else set())):
+            pcm[rid].append(chunk)
+    assert max(rows_per_call) == 2 and rows_per_call[:3] == [2, 2, 1]  # five first frames: 2 + 2 + 1
+    for rid in codes:
+        whole = codec.decode(torch.from_numpy(codes[rid])[None])[0, 0].numpy()
+        np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=1e-5, rtol=0)
+    for rid in codes:
+        streams.close(rid)
+    assert streams.rows_free() == 5
+
+
+def test_rows_are_taken_at_the_first_frame_and_never_overcommitted() -> None:
+    codec = make_codec()
+    streams = AudioStreams(codec, max_rows=1, group_frames=4)
+    codes = random_codes(1, 2, seed=3)[0].numpy()
+    for rid in (1, 2):
+        streams.open(rid)  # opening takes no row: requests wait for a decode slot without one
+    assert streams.rows_free() == 1
+    streams.add(1, codes[:, 0])
+    streams.decode(streams.starting())
+    assert streams.rows_free() == 0
+    streams.add(2, codes[:, 1])  # a second decoding stream with one row is an engine bug: said loudly
+    with pytest.raises(AssertionError, match="all 1 vocoder rows are taken"):
+        streams.decode(streams.starting())
