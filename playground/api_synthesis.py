@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from engine.audio import AudioError, DecodedClip, DecoderBusyError
-from engine.request import ReferenceInput, SynthesisRequest
+from engine.request import ReferenceInput, SynthesisRequest, check_text
 from engine.sampler import SamplingParams
 from playground.api_errors import APIError, brief
 from playground.api_metrics import MODEL_ID
@@ -138,8 +138,13 @@ async def references(state: AppState, body: SpeechBody) -> tuple[ReferenceInput,
             data = base64.b64decode(ref.audio, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise APIError(400, "The reference audio is not valid base64.", param=f"{param}.audio") from exc
-        samples = await decode_clip(data, f"{param}.audio")
-        refs.append(ReferenceInput(ref.text.strip(), samples=samples.samples))
+        transcript = ref.text.strip()
+        try:
+            check_text(transcript, "a reference transcript")
+        except ValueError as exc:  # over-long, or a lone surrogate: before the clip costs a decode
+            raise APIError(400, str(exc), param=f"{param}.text") from exc
+        clip = await decode_clip(data, f"{param}.audio")
+        refs.append(ReferenceInput(transcript, samples=clip.samples))
     return tuple(refs)
 
 

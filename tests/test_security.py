@@ -253,6 +253,10 @@ def test_api_edges(guarded: Server) -> None:
                            content=b'{"model": "s2-pro", "input": "hi \\ud800 there", "voice": "default"}',
                            headers={"content-type": "application/json"})
     assert_openai_error(surrogate, 400, "input", "surrogate")
+    surrogate_ref = httpx.post(guarded.url + "/v1/audio/speech", timeout=30, headers={"content-type": "application/json"},
+                               content=b'{"model": "s2-pro", "input": "hi", "references": [{"audio": "AAAA", '
+                                       b'"text": "bad \\udc00"}]}')
+    assert_openai_error(surrogate_ref, 400, "references.0.text", "surrogate")
     huge_id = "x" * 5000
     missing = httpx.get(f"{guarded.url}/v1/voices/{huge_id}", timeout=10)
     assert_openai_error(missing, 404, "voice_id")
