@@ -44,7 +44,7 @@ def resolve_model_path(model_path: str | Path) -> Path:
     except Exception as exc:  # network errors, gated repos, missing package: all end here
         raise CheckpointError(
             f"could not download {model_path} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            f"Download it elsewhere (`huggingface-cli download {model_path} --local-dir DIR`) "
+            f"Download it elsewhere (`hf download {model_path} --local-dir DIR`) "
             f"and pass --model-path DIR") from exc
     return _check_files(Path(path))
 

@@ -19,7 +19,7 @@ from playground.store import Store, StoreLimits
 log = logging.getLogger(__name__)
 
 DEMO_HELP = ("Demo mode: no S2 Pro weights were found, so a tiny random checkpoint is loaded and the "
-             "output is noise. To use the real model: `huggingface-cli download fishaudio/s2-pro "
+             "output is noise. To use the real model: `hf download fishaudio/s2-pro "
              "--local-dir checkpoints/s2-pro` and start with `./start.sh --model-path checkpoints/s2-pro`.")
 
 

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Create or refresh .venv idempotently. Usage: scripts/setup_env.sh [--test]
-# --test also installs the system packages the test suite drives (espeak-ng, sox, chromium, ffmpeg).
+# --test also installs the system tools the test suite drives (scripts/test-tools.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--test" ]; then
   need=()
-  command -v espeak-ng >/dev/null || need+=(espeak-ng)
-  command -v sox >/dev/null || need+=(sox)
-  command -v chromium >/dev/null || need+=(chromium)
-  command -v ffmpeg >/dev/null || need+=(ffmpeg)
+  while read -r cmd pkg; do
+    case "$cmd" in ""|\#*) continue ;; esac
+    command -v "$cmd" >/dev/null || need+=("$pkg")
+  done < scripts/test-tools.txt
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "setup: please install ${need[*]} (apt-get install ${need[*]})" >&2; exit 1
@@ -30,7 +30,7 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: NVIDIA GPU found, installing CUDA torch"
-    pip install "torch>=2.5"
+    pip install "torch>=2.11,<2.12"  # the range the CUDA kernels are tested on (docs/BENCHMARKS.md)
   elif ls "${PIP_FIND_LINKS:-/opt/wheels}"/torch-*+cpu-*.whl >/dev/null 2>&1; then
     echo "setup: installing the local CPU build of torch"
     pip install "torch==2.13.0"

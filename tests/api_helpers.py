@@ -11,6 +11,7 @@ import numpy as np
 import openai
 
 from tests.server import Server
+from tests.tools import tool
 
 FRAME = 2048  # samples per frame
 CLONE_TEXT = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -44,7 +45,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 
 
 def espeak_clip(path: Path, text: str = CLONE_TEXT) -> bytes:
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    subprocess.run([tool("espeak-ng"), "-w", str(path), text], check=True, capture_output=True)
     return path.read_bytes()
 
 

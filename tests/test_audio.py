@@ -3,7 +3,6 @@ format, encoded back to every response format, streamed, stretched, normalised a
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.audio import (
+from tests.tools import tool
     CONTENT_TYPES,
     SAMPLE_RATE,
     AudioError,
@@ -28,10 +28,6 @@ from engine.audio import (
 
 soundfile = pytest.importorskip("soundfile")
 pyloudnorm = pytest.importorskip("pyloudnorm")
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None,
-    reason="needs the espeak-ng and ffmpeg binaries (Debian packages)",
-)
 
 ESPEAK_RATE = 22050
 # ffmpeg arguments per upload file; lossless ones must decode to the same waveform.
@@ -61,7 +57,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("audio")
     source = root / "speech.wav"
     text = "The quick brown fox jumps over the lazy dog. Testing one, two, three."
-    subprocess.run(["espeak-ng", "-w", str(source), text], check=True)
+    subprocess.run([tool("espeak-ng"), "-w", str(source), text], check=True)
     specs = {**LOSSLESS, **{name: args for name, (args, _) in LOSSY.items()}}
     for name, args in specs.items():
         ffmpeg_convert(source, root / name, args)
@@ -70,7 +66,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def ffmpeg_convert(source: Path, target: Path, args: list[str]) -> None:
     """Convert with the ffmpeg binary; args naming a format (-f) write through a pipe (unseekable)."""
-    command = ["ffmpeg", "-v", "error", "-y", "-i", str(source), *args]
+    command = [tool("ffmpeg"), "-v", "error", "-y", "-i", str(source), *args]
     if "-f" in args:
         target.write_bytes(subprocess.run([*command, "pipe:1"], capture_output=True, check=True).stdout)
     else:
@@ -322,7 +318,7 @@ def test_stream_encoder_pcm_and_wav_bytes(speech: np.ndarray) -> None:
 def test_ffmpeg_reads_streamed_wav(tmp_path: Path, speech: np.ndarray) -> None:
     path = tmp_path / "stream.wav"
     path.write_bytes(b"".join(stream(speech, "wav")[0]))
-    out = subprocess.run(["ffmpeg", "-v", "quiet", "-i", str(path), "-f", "s16le", "-"], capture_output=True)
+    out = subprocess.run([tool("ffmpeg"), "-v", "quiet", "-i", str(path), "-f", "s16le", "-"], capture_output=True)
     np.testing.assert_array_equal(np.frombuffer(out.stdout, "<i2"), float_to_int16(speech))
 
 

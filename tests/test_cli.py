@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from tests.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def speech_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("clips") / "ref.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), "The quick brown fox jumps over the lazy dog."], check=True)
+    subprocess.run([tool("espeak-ng"), "-w", str(path), "The quick brown fox jumps over the lazy dog."], check=True)
     return path
 
 

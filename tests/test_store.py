@@ -14,6 +14,7 @@ import soundfile as sf
 
 from engine.audio import SAMPLE_RATE, DecodedClip, float_to_int16
 from playground.store import (DB_FILE, EXPORTS_DIR, DuplicateName, LibraryFull, Store, StoreLimits, audio_sha256,
+from tests.tools import tool
                               check_name)
 
 SR = SAMPLE_RATE
@@ -43,7 +44,7 @@ def codes(n: int = 5, seed: int = 0) -> np.ndarray:
 def speech(tmp_path_factory: pytest.TempPathFactory) -> DecodedClip:
     """Real speech: espeak-ng writes 16-bit mono WAV at 22.05 kHz."""
     path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), "Hello, this is the voice I would like to keep in my "
+    subprocess.run([tool("espeak-ng"), "-w", str(path), "Hello, this is the voice I would like to keep in my "
                     "library, so that later takes sound just like me."], check=True, timeout=60)
     assert sf.info(path).subtype == "PCM_16"
     native, rate = sf.read(path, dtype="float32")

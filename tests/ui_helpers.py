@@ -3,7 +3,6 @@ wrapper over a Playwright page that knows the playground's element ids."""
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,10 +11,10 @@ import httpx
 import numpy as np
 import soundfile as sf
 from playwright.sync_api import Browser, Page, Playwright
+from tests.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
 BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--no-first-run", "--disable-quic", "--autoplay-policy=no-user-gesture-required",
              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
@@ -24,16 +23,14 @@ MIC_TEXT = "Hello, this is my voice for the playground test."
 
 def speech_wav(folder: Path, text: str = MIC_TEXT) -> Path:
     """A 44.1 kHz mono WAV of `text` spoken by espeak-ng (Chromium's fake microphone plays it in a loop)."""
-    for tool in ("espeak-ng", "sox"):
-        assert shutil.which(tool), f"{tool} is required (scripts/setup_env.sh --test installs it)"
     raw, out = folder / "speech-22k.wav", folder / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", "44100", "-c", "1", str(out)], check=True)
+    subprocess.run([tool("espeak-ng"), "-w", str(raw), text], check=True)
+    subprocess.run([tool("sox"), str(raw), "-r", "44100", "-c", "1", str(out)], check=True)
     return out
 
 
 def launch(pw: Playwright, fake_mic: Path) -> Browser:
-    return pw.chromium.launch(executable_path=CHROMIUM,
+    return pw.chromium.launch(executable_path=tool("chromium"),
                               args=[*BASE_ARGS, f"--use-file-for-fake-audio-capture={fake_mic}"])
 
 
