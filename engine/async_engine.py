@@ -122,7 +122,8 @@ class AsyncEngine:
                 "phase": self.engine.phase if hang is None else hang.phase,
                 "step_seconds": 0.0 if self.watchdog is None else self.watchdog.busy_seconds(),
                 "limit_s": None if self.watchdog is None else self.watchdog.limit_s,
-                "running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting)}
+                "running": len(self.engine.scheduler.running), "waiting": len(self.engine.scheduler.waiting),
+                "kv_blocks_total": self.engine.blocks.num_blocks, "kv_blocks_free": self.engine.blocks.num_free}
 
     def _step(self) -> None:
         try:

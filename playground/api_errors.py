@@ -7,6 +7,7 @@ exceptions into the same shape, so a client only ever has to parse one kind of e
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,8 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from engine.admission import EngineBusy, EngineUnhealthy
+
 log = logging.getLogger(__name__)
 
+UNHEALTHY_RETRY_SECONDS = 30  # a supervisor restarts the process in about this long
 _TYPES = {401: "authentication_error", 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error"}
 
 
@@ -83,6 +87,17 @@ async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return error_response(APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers))
 
 
+async def _on_busy(request: Request, exc: EngineBusy) -> JSONResponse:
+    retry = str(max(1, math.ceil(exc.retry_after_s)))
+    return error_response(APIError(503, f"The server is busy: {exc.waiting} requests are already waiting; retry in "
+                                   f"{retry} s.", code="server_busy", headers={"Retry-After": retry}))
+
+
+async def _on_unhealthy(request: Request, exc: EngineUnhealthy) -> JSONResponse:
+    return error_response(APIError(503, f"The engine stopped serving and the server is restarting ({exc}).",
+                                   code="engine_unhealthy", headers={"Retry-After": str(UNHEALTHY_RETRY_SECONDS)}))
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(APIError(500, f"Internal server error ({type(exc).__name__}); see the server log.",
@@ -93,4 +108,6 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(EngineBusy, _on_busy)
+    app.add_exception_handler(EngineUnhealthy, _on_unhealthy)
     app.add_exception_handler(Exception, _on_unexpected)

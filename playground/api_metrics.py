@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
 
 from engine.metrics import EngineMetrics, Histogram
 from playground.state import AppState
@@ -87,13 +88,19 @@ def _api_lines(counters: ApiCounters) -> list[str]:
 def router(state: AppState, counters: ApiCounters) -> APIRouter:
     r = APIRouter()
 
-    @r.get("/health")
-    async def health() -> dict[str, Any]:
-        status = await engine_status(state)
-        return {"status": "ok", "model": MODEL_ID, "device": str(state.loaded.device),
-                "dtype": str(state.loaded.dtype).removeprefix("torch."), "demo": state.demo,
-                "running": status["running"], "waiting": status["waiting"],
-                "kv_blocks_used": status["kv_blocks_used"], "kv_blocks_total": status["kv_blocks_total"]}
+    @r.get("/health", response_model=None)
+    async def health() -> dict[str, Any] | JSONResponse:
+        # Read without the device thread: it may be the one that hangs.
+        engine = state.engine.health()
+        body = {"status": "ok" if engine["healthy"] else "unhealthy", "model": MODEL_ID,
+                "device": str(state.loaded.device), "dtype": str(state.loaded.dtype).removeprefix("torch."),
+                "demo": state.demo, "running": engine["running"], "waiting": engine["waiting"],
+                "kv_blocks_used": engine["kv_blocks_total"] - engine["kv_blocks_free"],
+                "kv_blocks_total": engine["kv_blocks_total"]}
+        if not engine["healthy"]:
+            body |= {"reason": engine["reason"], "step": engine["step"], "phase": engine["phase"]}
+            return JSONResponse(body, status_code=503)
+        return body
 
     @r.get("/metrics")
     async def metrics() -> Response:

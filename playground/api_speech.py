@@ -26,6 +26,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
+from engine.admission import EngineUnhealthy
 from engine.async_engine import AudioChunk
 from engine.audio import CONTENT_TYPES, StreamEncoder, encode_audio, time_stretch
 from playground.api_errors import APIError
@@ -152,7 +153,7 @@ async def sse_body(first: AudioChunk, stream: EngineStream, fmt: str, speed: flo
                 usage = {"input_tokens": input_tokens, "output_tokens": frames,
                          "total_tokens": input_tokens + frames}
                 yield sse_event({"type": "speech.audio.done", "usage": usage})
-    except RuntimeError as exc:  # the engine failed mid-stream: say so in-band, the status is already sent
+    except (RuntimeError, EngineUnhealthy) as exc:  # failed mid-stream: say so in-band, the status is sent
         log.error("speech stream failed: %s", exc)
         yield sse_event({"type": "error", "error": {"message": f"generation failed: {exc}",
                                                     "type": "server_error", "param": None, "code": None}})

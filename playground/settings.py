@@ -30,6 +30,8 @@ class Settings:
     max_history: int = 200  # takes kept per visitor; the oldest go first
     max_disk_mb: int = 2048  # voices, takes and downloads together; the oldest takes go first
     max_connections: int = 512  # open HTTP connections; beyond it new requests get 503
+    max_waiting: int | None = None  # requests waiting for a decode slot (None: the engine's default)
+    step_timeout_s: float | None = None  # watchdog: a step longer than this ends the process (None: default)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -65,11 +67,18 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
                    help="one voice library and history for every visitor and the API (default: each "
                         "browser has its own, the API its own)")
     _int_flags(p, env)
+    p.add_argument("--max-waiting", type=int, default=_opt(env, "S2PRO_MAX_WAITING", int),
+                   help="requests that may wait for a decode slot; beyond it 503 with Retry-After "
+                        "(default: twice --max-batch)")
+    p.add_argument("--step-timeout", type=float, default=_opt(env, "S2PRO_STEP_TIMEOUT", float),
+                   help="seconds one engine step may take before the server reports itself unhealthy and "
+                        "exits for its supervisor to restart it (default: 30 on a GPU, 600 on the CPU; 0: off)")
     a = p.parse_args(argv)
     return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
                     data_dir=a.data_dir, api_key=a.api_key or None, max_batch=a.max_batch,
                     num_blocks=a.num_blocks, cuda_graphs=not a.eager, compile=a.compile,
-                    demo_fallback=not a.no_demo, shared_library=a.shared_library,
+                    demo_fallback=not a.no_demo, shared_library=a.shared_library, max_waiting=a.max_waiting,
+                    step_timeout_s=a.step_timeout,
                     **{name: getattr(a, name) for name, _ in INT_FLAGS})
 
 
@@ -87,6 +96,10 @@ def _int_flags(p: argparse.ArgumentParser, env: os._Environ[str] | dict[str, str
         default = int(env.get(f"S2PRO_{name.upper()}", getattr(defaults, name)))
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
                        help=f"{help_text} (default: %(default)s)")
+
+
+def _opt(env: os._Environ[str] | dict[str, str], name: str, kind: type) -> int | float | None:
+    return kind(env[name]) if env.get(name) else None
 
 
 def _flag(env: os._Environ[str] | dict[str, str], name: str) -> bool:

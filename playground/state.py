@@ -63,7 +63,8 @@ def create_state(settings: Settings) -> AppState:
     if device.type == "cpu" and loaded.demo:
         torch.set_num_threads(1)  # tiny ops: threads only add spin-wait on small machines
     cfg = EngineConfig(max_batch=settings.max_batch, num_blocks=settings.num_blocks,
-                       cuda_graphs=settings.cuda_graphs, compile=settings.compile)
+                       cuda_graphs=settings.cuda_graphs, compile=settings.compile, max_waiting=settings.max_waiting,
+                       step_timeout_s=settings.step_timeout_s)
     engine = AsyncEngine(Engine(loaded, cfg))
     limits = StoreLimits(max_voices_per_owner=settings.max_voices, max_history_per_owner=settings.max_history,
                          max_disk_mb=settings.max_disk_mb)

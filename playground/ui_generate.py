@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from engine.admission import EngineBusy, EngineUnhealthy
 from engine.audio import SAMPLE_RATE
 from engine.request import MAX_FRAMES_LIMIT
 from playground.store import HistoryEntry
@@ -189,6 +190,13 @@ class Generation:
                     yield {run.figures: live_html(item)}
             ctx.hub.close(gen_id)  # now, not after saving: the player flushes its pre-roll on the stream's end
             yield await self._saved(owner, settings, voice, opts, take)
+        except EngineBusy as exc:
+            message = (f"The server is busy: {exc.waiting} requests are ahead of you. Try again in about "
+                       f"{max(1, round(exc.retry_after_s))} s.")
+            yield {**_running(run, False), run.figures: message_html("error", "Busy", message)}
+        except EngineUnhealthy:
+            message = "The engine stopped serving; the server is restarting. Try again in a minute."
+            yield {**_running(run, False), run.figures: message_html("error", "Restarting", message)}
         except (ValueError, KeyError, RuntimeError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
             yield {**_running(run, False), run.figures: message_html("error", "Not generated", message)}

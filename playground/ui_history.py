@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
+from engine.admission import EngineBusy, EngineUnhealthy
 from engine.audio import SAMPLE_RATE
 from playground.store import HistoryEntry
 from playground.ui_figures import message_html, summary_html
@@ -153,7 +154,7 @@ class TakeHandlers:
                                                            self.ctx.hop)
             entry = await asyncio.to_thread(self.state.store.replace_history_audio, owner, entry.id, samples, chunks)
             shown = await take_updates(self.ctx, owner, entry, opts)
-        except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+        except (KeyError, ValueError, IndexError, RuntimeError, EngineBusy, EngineUnhealthy) as exc:
             return {self.t.note: _note("error", f"Not regenerated: {_message(exc)}")}
         played = await self._play(owner, entry.id, index, *output_values)
         note = _note("ok", f"Chunk {index + 1} regenerated with seed {seed} and spliced into the take.")
