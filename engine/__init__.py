@@ -1,1 +1,30 @@
-"""S2 Pro inference engine: model, codec, prompt, sampler and the serving core (no web code)."""
+"""S2 Pro inference engine: model, codec, prompt, sampler and the serving core (no web code).
+
+This is the engine's public face: callers (the playground, the API, scripts) import these names from
+`engine` and nothing deeper, so the inside can move without breaking them.
+"""
+from engine.admission import EngineBusy, EngineUnhealthy
+from engine.async_engine import AsyncEngine, AudioChunk
+from engine.audio import (CONTENT_TYPES, MAX_UPLOAD_BYTES, SAMPLE_RATE, AudioError, DecodedClip, DecoderBusyError,
+                          StreamEncoder, encode_audio, float_to_int16, is_silent, load_clip, normalize_loudness,
+                          time_stretch, trim_silence)
+from engine.checkpoint import DEFAULT_MODEL_ID, CheckpointError, resolve_model_path
+from engine.engine import Engine
+from engine.engine_config import EngineConfig
+from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
+from engine.metrics import EngineMetrics, Histogram
+from engine.prompt import split_text
+from engine.request import (MAX_CHUNK_LENGTH, MAX_FRAMES_LIMIT, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, ReferenceInput,
+                            SynthesisRequest, check_text)
+from engine.sampler import SamplingParams
+from engine.tools.tiny_checkpoint import write_tiny_checkpoint
+
+__all__ = [
+    "CONTENT_TYPES", "DEFAULT_MODEL_ID", "MAX_CHUNK_LENGTH", "MAX_FRAMES_LIMIT", "MAX_TEXT_CHARS", "MAX_UPLOAD_BYTES",
+    "MIN_CHUNK_LENGTH", "SAMPLE_RATE", "AsyncEngine", "AudioChunk", "AudioError", "CheckpointError", "DecodedClip",
+    "DecoderBusyError", "Engine", "EngineBusy", "EngineConfig", "EngineMetrics", "EngineUnhealthy", "Histogram",
+    "LoadedModel", "ReferenceInput", "SamplingParams", "StreamEncoder", "SynthesisRequest", "check_text",
+    "encode_audio", "float_to_int16", "is_silent", "load_clip", "load_model_dir", "normalize_loudness",
+    "pick_device", "pick_dtype", "resolve_model_path", "split_text", "time_stretch", "trim_silence",
+    "write_tiny_checkpoint",
+]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.audio import AudioError, DecodedClip, is_silent, load_clip
+from engine import AudioError, DecodedClip, is_silent, load_clip
 
 MIN_CLIP_SECONDS, MAX_CLIP_SECONDS = 1.0, 30.0
 

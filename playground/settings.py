@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.audio import MAX_UPLOAD_BYTES
-from engine.checkpoint import DEFAULT_MODEL_ID
+from engine import MAX_UPLOAD_BYTES
+from engine import DEFAULT_MODEL_ID
 
 
 @dataclass(frozen=True)

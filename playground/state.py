@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from engine.async_engine import AsyncEngine
-from engine.checkpoint import CheckpointError, resolve_model_path
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
-from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
-from playground.access import Access, load_secret
+from engine import AsyncEngine
+from engine import CheckpointError, resolve_model_path
+from engine import Engine
+from engine import EngineConfig
+from engine import LoadedModel, load_model_dir, pick_device, pick_dtype
+from playground.server.access import Access, load_secret
 from playground.settings import Settings
 from playground.store import Store, StoreLimits
 
@@ -51,7 +51,7 @@ def resolve_or_demo(settings: Settings) -> Path:
         log.warning("%s", DEMO_HELP)
         demo_dir = settings.data_dir / "demo-checkpoint"
         if not (demo_dir / "config.json").is_file():
-            from engine.tools.tiny_checkpoint import write_tiny_checkpoint
+            from engine import write_tiny_checkpoint
             write_tiny_checkpoint(demo_dir)
         return demo_dir
 

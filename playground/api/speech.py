@@ -26,11 +26,11 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from engine.admission import EngineUnhealthy
-from engine.async_engine import AudioChunk
-from engine.audio import CONTENT_TYPES, StreamEncoder, encode_audio, time_stretch
-from playground.api_errors import APIError
-from playground.api_synthesis import SpeechBody, check_model, param_of, references, synthesis_request
+from engine import EngineUnhealthy
+from engine import AudioChunk
+from engine import CONTENT_TYPES, StreamEncoder, encode_audio, time_stretch
+from playground.api.errors import APIError
+from playground.api.synthesis import SpeechBody, check_model, param_of, references, synthesis_request
 from playground.state import AppState
 
 log = logging.getLogger(__name__)

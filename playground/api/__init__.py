@@ -1,8 +1,8 @@
 """The OpenAI-compatible API on the playground's app: `install(app, state)` adds everything.
 
-Routes: POST /v1/audio/speech (api_speech), /v1/voices... (api_voices), GET /v1/models here,
-GET /health and GET /metrics (api_metrics). The gate (playground/gate.py) in front of every route does the
-access rule and body limits; api_errors makes every error OpenAI-shaped. docs/API.md is the guide.
+Routes: POST /v1/audio/speech (speech), /v1/voices... (voices), GET /v1/models here,
+GET /health and GET /metrics (metrics). The gate (playground/server/gate.py) in front of every route does the
+access rule and body limits; errors makes every error OpenAI-shaped. docs/API.md is the guide.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 
-from playground import api_metrics, api_speech, api_voices
-from playground.api_errors import APIError, brief, install_handlers
-from playground.api_metrics import MODEL_ID, ApiCounters
+from playground.api import metrics, speech, voices
+from playground.api.errors import APIError, brief, install_handlers
+from playground.api.metrics import MODEL_ID, ApiCounters
 from playground.state import AppState
 
 MODEL_CREATED = 1767225600  # 2026-01-01: a fixed timestamp, as OpenAI's model objects carry one
@@ -64,8 +64,8 @@ def fallback_router(routers: list[APIRouter]) -> APIRouter:
 
 def install(app: FastAPI, state: AppState, counters: ApiCounters) -> None:
     install_handlers(app)
-    routers = [api_speech.router(state), api_voices.router(state, counters), models_router(),
-               api_metrics.router(state, counters)]
+    routers = [speech.router(state), voices.router(state, counters), models_router(),
+               metrics.router(state, counters)]
     for router in routers:
         app.include_router(router)
     app.include_router(fallback_router(routers))  # last: after every real /v1 route

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from engine.audio import SAMPLE_RATE
+from engine import SAMPLE_RATE
 from playground.state import AppState
 
 STATUS_SECONDS = 2.0  # the status line's refresh interval

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from engine.metrics import EngineMetrics, Histogram
+from engine import EngineMetrics, Histogram
 from playground.state import AppState
 
 MODEL_ID = "s2-pro"

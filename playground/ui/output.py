@@ -16,7 +16,7 @@ import gradio as gr
 import numpy as np
 import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, encode_audio, normalize_loudness, trim_silence
+from engine import SAMPLE_RATE, encode_audio, normalize_loudness, trim_silence
 from playground.store import Store
 
 FORMATS = ("wav", "mp3", "flac", "opus")

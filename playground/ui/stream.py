@@ -20,8 +20,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from engine.audio import SAMPLE_RATE, float_to_int16
-from playground.access import Access
+from engine import SAMPLE_RATE, float_to_int16
+from playground.server.access import Access
 
 GEN_ID = re.compile(r"[0-9a-f]{32}")
 OPEN_WAIT_SECONDS = 20.0  # how long a fetch waits for its handler to open the id (queueing included)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.prompt import split_text
-from engine.request import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text
+from engine import split_text
+from engine import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text
 from playground.tags import PALETTE, SPEAKER_TAG, find_tags, lint
 
-EXAMPLES_FILE = Path(__file__).resolve().parent.parent / "assets" / "examples.json"
+EXAMPLES_FILE = Path(__file__).resolve().parents[2] / "assets" / "examples.json"
 PREVIEW_CHARS = 140  # of each chunk in the preview
 MAX_LINT_SHOWN = 20  # problems listed; a text can have thousands (a run of "]"), and the first ones lead
 

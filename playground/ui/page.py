@@ -12,12 +12,12 @@ import gradio as gr
 
 if TYPE_CHECKING:
     from playground.state import AppState
-    from playground.ui_generate import RunPanel, SettingsPanel
-    from playground.ui_history import HistoryPanel, TakePanel
-    from playground.ui_output import Exports, OutputPanel
-    from playground.ui_stream import StreamHub
-    from playground.ui_text import TextPanel
-    from playground.ui_voices import VoicePanel
+    from playground.ui.generate import RunPanel, SettingsPanel
+    from playground.ui.history import HistoryPanel, TakePanel
+    from playground.ui.output import Exports, OutputPanel
+    from playground.ui.stream import StreamHub
+    from playground.ui.text import TextPanel
+    from playground.ui.voices import VoicePanel
 
 
 @dataclass

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from engine.admission import EngineBusy, EngineUnhealthy
-from engine.audio import SAMPLE_RATE
-from engine.request import MAX_FRAMES_LIMIT
+from engine import EngineBusy, EngineUnhealthy
+from engine import SAMPLE_RATE
+from engine import MAX_FRAMES_LIMIT
 from playground.store import HistoryEntry
-from playground.ui_figures import LiveFigures, live_html, message_html, summary_html
-from playground.ui_history import table_update, take_updates
-from playground.ui_output import OutputOptions
-from playground.ui_page import Ctx
-from playground.ui_take import SEED_LIMIT, GenSettings, Take, run_take
-from playground.ui_voices import VoiceRef, from_history, resolve
+from playground.ui.figures import LiveFigures, live_html, message_html, summary_html
+from playground.ui.history import table_update, take_updates
+from playground.ui.output import OutputOptions
+from playground.ui.page import Ctx
+from playground.ui.take import SEED_LIMIT, GenSettings, Take, run_take
+from playground.ui.voices import VoiceRef, from_history, resolve
 
 START_JS = """(...args) => {
   args[0] = window.s2Player ? window.s2Player.start(window.s2Player.newId()) : "";

@@ -19,15 +19,15 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from engine.async_engine import AudioChunk
-from engine.audio import SAMPLE_RATE
+from engine import AudioChunk
+from engine import SAMPLE_RATE
 from engine.engine import Engine, Job
-from engine.request import MAX_FRAMES_LIMIT, SynthesisRequest
-from engine.sampler import SamplingParams
+from engine import MAX_FRAMES_LIMIT, SynthesisRequest
+from engine import SamplingParams
 from playground.state import AppState
-from playground.ui_figures import LiveFigures
-from playground.ui_stream import PcmStream
-from playground.ui_voices import VoiceRef
+from playground.ui.figures import LiveFigures
+from playground.ui.stream import PcmStream
+from playground.ui.voices import VoiceRef
 
 TICK_SECONDS = 0.25  # live figures refresh at least this often
 SEED_LIMIT = 2**31  # random seeds stay short enough to read out and retype

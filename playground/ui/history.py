@@ -2,7 +2,7 @@
 
 Every take is persisted through the Store with its raw audio, settings, seed, figures and chunk
 boundaries; the take on screen is the one in the per-session `take_id` state. Re-run lives with the
-other generation handlers in ui_generate.
+other generation handlers in generate.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from engine.admission import EngineBusy, EngineUnhealthy
-from engine.audio import SAMPLE_RATE
+from engine import EngineBusy, EngineUnhealthy
+from engine import SAMPLE_RATE
 from playground.store import HistoryEntry
-from playground.ui_figures import message_html, summary_html
-from playground.ui_output import OutputOptions, read_take
-from playground.ui_page import Ctx
-from playground.ui_take import GenSettings, regenerate_chunk
-from playground.ui_voices import from_history
+from playground.ui.figures import message_html, summary_html
+from playground.ui.output import OutputOptions, read_take
+from playground.ui.page import Ctx
+from playground.ui.take import GenSettings, regenerate_chunk
+from playground.ui.voices import from_history
 
 HISTORY_LIMIT = 100
 HEADERS = ["Take", "When", "Text", "Voice", "Seed", "Length", "RTF"]
@@ -177,7 +177,7 @@ class TakeHandlers:
 
 
 class HistoryHandlers:
-    """The history list: selecting a row loads that take; Delete removes it (Re-run: ui_generate)."""
+    """The history list: selecting a row loads that take; Delete removes it (Re-run: generate)."""
 
     def __init__(self, ctx: Ctx) -> None:
         self.ctx, self.state, self.h = ctx, ctx.state, ctx.page.history

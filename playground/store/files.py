@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from engine.audio import float_to_int16
+from engine import float_to_int16
 
 _PCM24_SCALE = 1 << 23  # the scale libsndfile reads 24-bit PCM with, so a 16-bit source round-trips exactly
 MIN_CLIP_RATE, MAX_CLIP_RATE = 8000, 384000  # what FLAC and libsndfile take

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from engine.admission import EngineBusy, EngineUnhealthy
+from engine import EngineBusy, EngineUnhealthy
 
 log = logging.getLogger(__name__)
 

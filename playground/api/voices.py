@@ -16,9 +16,9 @@ from fastapi import Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from playground.api_errors import APIError, brief
-from playground.api_metrics import ApiCounters
-from playground.api_synthesis import decode_clip
+from playground.api.errors import APIError, brief
+from playground.api.metrics import ApiCounters
+from playground.api.synthesis import decode_clip
 from playground.state import AppState
 from playground.store import DuplicateName, LibraryFull, Voice, audio_sha256, check_name, check_transcript
 

@@ -1,10 +1,10 @@
 """The playground page: layout and wiring only. `install(app, state)` adds the playground's own routes
 (live PCM stream, player script) to the API's FastAPI app and mounts the Gradio Blocks at `/`.
 
-Panels and their handlers live beside it: ui_text (palette, linter, chunk preview), ui_voices
-(reference clip, voice library), ui_generate (controls, Generate/Stop), ui_history (chunks of a take,
-history), ui_output (post-processing, rendered files), ui_stream (the PCM route), ui_take (engine side),
-ui_figures (figures and status line), ui_page (the panels, for cross-panel handlers).
+Panels and their handlers live beside it: text (palette, linter, chunk preview), voices
+(reference clip, voice library), generate (controls, Generate/Stop), history (chunks of a take,
+history), output (post-processing, rendered files), stream (the PCM route), take (engine side),
+figures (figures and status line), page (the panels, for cross-panel handlers).
 """
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ import gradio as gr
 from fastapi import FastAPI
 
 from playground.state import DEMO_HELP, AppState
-from playground.ui_generate import Generation, build_run_panel, build_settings_panel
-from playground.ui_figures import STATUS_SECONDS, StatusLine
-from playground.ui_history import HistoryHandlers, TakeHandlers, build_history_panel, build_take_panel, table_update
-from playground.ui_output import Exports, build_output_panel, warm_up
-from playground.ui_page import Ctx, Page
-from playground.ui_stream import STATIC_DIR, StreamHub, install_routes
-from playground.ui_text import build_text_panel, wire_text_panel
-from playground.ui_voices import VoiceHandlers, build_voice_panel, voice_choices
-from playground.uploads import UPLOAD_KEEP_SECONDS, UPLOAD_SWEEP_SECONDS, start_uploads
+from playground.ui.generate import Generation, build_run_panel, build_settings_panel
+from playground.ui.figures import STATUS_SECONDS, StatusLine
+from playground.ui.history import HistoryHandlers, TakeHandlers, build_history_panel, build_take_panel, table_update
+from playground.ui.output import Exports, build_output_panel, warm_up
+from playground.ui.page import Ctx, Page
+from playground.ui.stream import STATIC_DIR, StreamHub, install_routes
+from playground.ui.text import build_text_panel, wire_text_panel
+from playground.ui.voices import VoiceHandlers, build_voice_panel, voice_choices
+from playground.server.uploads import UPLOAD_KEEP_SECONDS, UPLOAD_SWEEP_SECONDS, start_uploads
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.audio import SAMPLE_RATE, DecodedClip
-from playground.store_files import codes_array, codes_blob, name_key, quote, tree_bytes, write_clip, write_take
-from playground.store_types import (HISTORY_ID, MAX_NAME_CHARS, MAX_TRANSCRIPT_CHARS, RESERVED_NAMES, VOICE_ID, SHA256,
+from engine import SAMPLE_RATE, DecodedClip
+from playground.store.files import codes_array, codes_blob, name_key, quote, tree_bytes, write_clip, write_take
+from playground.store.types import (HISTORY_ID, MAX_NAME_CHARS, MAX_TRANSCRIPT_CHARS, RESERVED_NAMES, VOICE_ID, SHA256,
                                     DuplicateName, HistoryEntry, LibraryFull, StoreLimits, Voice, audio_sha256,
                                     check_name, check_owner, check_transcript)
-from playground.store_schema import SHARED_OWNER, prepare
+from playground.store.schema import SHARED_OWNER, prepare
 
 log = logging.getLogger(__name__)
 

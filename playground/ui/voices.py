@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from engine.audio import AudioError, DecodedClip
-from engine.request import ReferenceInput
+from engine import AudioError, DecodedClip
+from engine import ReferenceInput
 from playground.clips import read_clip
 from playground.state import AppState
 from playground.store import audio_sha256, check_transcript
-from playground.ui_page import Ctx
+from playground.ui.page import Ctx
 
 NO_VOICE, CLIP = "none", "clip"
 

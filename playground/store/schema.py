@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from playground.store_files import name_key, tree_bytes, write_clip, write_take
+from playground.store.files import name_key, tree_bytes, write_clip, write_take
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine.audio import AudioError, DecodedClip, DecoderBusyError
-from engine.request import ReferenceInput, SynthesisRequest, check_text
-from engine.sampler import SamplingParams
-from playground.api_errors import APIError, brief
-from playground.api_metrics import MODEL_ID
+from engine import AudioError, DecodedClip, DecoderBusyError
+from engine import ReferenceInput, SynthesisRequest, check_text
+from engine import SamplingParams
+from playground.api.errors import APIError, brief
+from playground.api.metrics import MODEL_ID
 from playground.clips import read_clip
 from playground.state import AppState
 from playground.store import RESERVED_NAMES, Voice

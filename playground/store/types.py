@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from playground.store_files import name_key, quote
+from playground.store.files import name_key, quote
 
 MAX_NAME_CHARS = 64
 MAX_TRANSCRIPT_CHARS = 5000
