@@ -15,8 +15,8 @@ from playground.state import AppState, create_state
 
 def build_app(state: AppState) -> FastAPI:
     from playground import api, ui
-    from playground.api_metrics import ApiCounters
-    from playground.gate import BodyLimits, Gate
+    from playground.api.metrics import ApiCounters
+    from playground.server.gate import BodyLimits, Gate
     app = FastAPI(title="S2 Pro Playground", version="1.0")
     app.state.s2 = state
     counters = ApiCounters()
@@ -32,7 +32,7 @@ def main(settings: Settings | None = None) -> None:
     settings = settings or parse_settings()
     state = create_state(settings)
     logging.getLogger("app").info("%s", state.describe())
-    from playground.http_server import serve
+    from playground.server.http import serve
     serve(build_app(state), settings.host, settings.port, settings.max_connections)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from engine.audio import load_audio
-from playground.api_synthesis import with_instructions
+from playground.api.synthesis import with_instructions
 from tests.api_helpers import (CLONE_TEXT, FRAME, client_for, espeak_clip, health, metric, pcm_samples, speech,
                                wait_idle)
 from tests.server import Server

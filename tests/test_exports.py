@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from playground.store import Store, StoreLimits
-from playground.ui_output import Exports, OutputOptions
+from playground.ui.output import Exports, OutputOptions
 
 
 def take(store: Store, owner: str = "s:alice") -> str:

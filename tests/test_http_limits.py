@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from playground.access import Access
-from playground.api_metrics import ApiCounters
-from playground.gate import BodyLimits, Gate
-from playground.http_server import HeadDeadlineH11
+from playground.server.access import Access
+from playground.api.metrics import ApiCounters
+from playground.server.gate import BodyLimits, Gate
+from playground.server.http import HeadDeadlineH11
 from tests.server import free_port
 
 HEAD_SECONDS, IDLE_SECONDS, MAX_CONNECTIONS = 1.0, 1.0, 4

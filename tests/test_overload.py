@@ -19,7 +19,7 @@ from engine.engine import Engine
 from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
 from engine.watchdog import Hang
-from playground.access import Access, load_secret
+from playground.server.access import Access, load_secret
 from playground.settings import Settings
 from playground.state import AppState
 from playground.store import Store

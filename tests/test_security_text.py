@@ -16,9 +16,9 @@ import pytest
 from engine.prompt import MAX_SPEAKER_DIGITS, split_text
 from engine.request import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, ReferenceInput, SynthesisRequest
 from engine.tokenizer import SPEAKER_TAG, TextTokenizer
-from playground.api_synthesis import param_of
+from playground.api.synthesis import param_of
 from playground.tags import find_tags, lint
-from playground.ui_text import MAX_LINT_SHOWN, lint_html, preview_html
+from playground.ui.text import MAX_LINT_SHOWN, lint_html, preview_html
 
 ABOVE = 2 * MAX_TEXT_CHARS  # what a handler without the limit would have to survive (40 KB froze the preview)
 HUGE = 20 * MAX_TEXT_CHARS  # where even a mild quadratic (a second at the limit) would take minutes
@@ -172,7 +172,7 @@ def test_no_mild_quadratic_at_twenty_times_the_limit(case: str) -> None:
     assert run() == expected
 
 
-# ---- playground.ui_text handlers ----
+# ---- playground.ui.text handlers ----
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("name", PATTERNS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from playground.tags import PALETTE, find_tags, lint
-from playground.ui_text import load_examples
+from playground.ui.text import load_examples
 
 
 def test_palette_groups_cover_the_issue_and_every_tag_lints_clean() -> None:
