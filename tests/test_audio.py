@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from engine.audio import (
-from tests.tools import tool
     CONTENT_TYPES,
     SAMPLE_RATE,
     AudioError,
@@ -25,6 +24,7 @@ from tests.tools import tool
     time_stretch,
     trim_silence,
 )
+from tests.tools import tool
 
 soundfile = pytest.importorskip("soundfile")
 pyloudnorm = pytest.importorskip("pyloudnorm")

@@ -14,8 +14,8 @@ import soundfile as sf
 
 from engine.audio import SAMPLE_RATE, DecodedClip, float_to_int16
 from playground.store import (DB_FILE, EXPORTS_DIR, DuplicateName, LibraryFull, Store, StoreLimits, audio_sha256,
-from tests.tools import tool
                               check_name)
+from tests.tools import tool
 
 SR = SAMPLE_RATE
 A, B = "s:alice", "s:bob"
