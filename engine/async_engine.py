@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,7 +175,7 @@ class AsyncEngine:
         return await asyncio.wrap_future(self.call(fn))
 
     def stream(self, req: SynthesisRequest, on_added: Callable[[int], None] | None = None
-               ) -> AsyncIterator[AudioChunk]:
+               ) -> AsyncGenerator[AudioChunk, None]:
         """Submit `req` and yield its audio as it is made. Raises ValueError for bad input, EngineBusy
         when the waiting queue is full, EngineUnhealthy when the engine stopped serving (also in the
         middle of a stream), RuntimeError when a step failed. on_added(request_id) runs as soon as the
@@ -183,12 +183,12 @@ class AsyncEngine:
         return self._stream(lambda engine: engine.add_request(req), on_added)
 
     def stream_prompt(self, prompt: Tensor, params: SamplingParams, max_frames: int,
-                      stream_pcm: bool = True) -> AsyncIterator[AudioChunk]:
+                      stream_pcm: bool = True) -> AsyncGenerator[AudioChunk, None]:
         """stream() for a ready prompt grid [11, T] (Engine.add_prompt): benchmarks and tests."""
         return self._stream(lambda engine: engine.add_prompt(prompt, params, max_frames, stream_pcm), None)
 
     async def _stream(self, add_to: Callable[[Engine], int], on_added: Callable[[int], None] | None
-                      ) -> AsyncIterator[AudioChunk]:
+                      ) -> AsyncGenerator[AudioChunk, None]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 

@@ -6,8 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import MAX_UPLOAD_BYTES
-from engine import DEFAULT_MODEL_ID
+from engine import DEFAULT_MODEL_ID, MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -93,7 +92,7 @@ INT_FLAGS = (("max_upload_mb", "largest upload or /v1 request body, MB"),
 def _int_flags(p: argparse.ArgumentParser, env: os._Environ[str] | dict[str, str]) -> None:
     defaults = Settings()
     for name, help_text in INT_FLAGS:
-        default = int(env.get(f"S2PRO_{name.upper()}", getattr(defaults, name)))
+        default = int(env.get(f"S2PRO_{name.upper()}") or getattr(defaults, name))
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
                        help=f"{help_text} (default: %(default)s)")
 

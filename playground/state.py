@@ -7,11 +7,17 @@ from pathlib import Path
 
 import torch
 
-from engine import AsyncEngine
-from engine import CheckpointError, resolve_model_path
-from engine import Engine
-from engine import EngineConfig
-from engine import LoadedModel, load_model_dir, pick_device, pick_dtype
+from engine import (
+    AsyncEngine,
+    CheckpointError,
+    Engine,
+    EngineConfig,
+    LoadedModel,
+    load_model_dir,
+    pick_device,
+    pick_dtype,
+    resolve_model_path,
+)
 from playground.server.access import Access, load_secret
 from playground.settings import Settings
 from playground.store import Store, StoreLimits

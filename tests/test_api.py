@@ -16,8 +16,7 @@ import pytest
 
 from engine.audio import load_audio
 from playground.api.synthesis import with_instructions
-from tests.api_helpers import (CLONE_TEXT, FRAME, client_for, espeak_clip, health, metric, pcm_samples, speech,
-                               wait_idle)
+from tests.api_helpers import CLONE_TEXT, FRAME, client_for, espeak_clip, health, metric, pcm_samples, speech, wait_idle
 from tests.server import Server
 
 pytest_plugins = ("tests.api_fixtures",)

@@ -14,7 +14,7 @@ from engine.loader import load_model_dir
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 
 
-@pytest.fixture()
+@pytest.fixture
 def ckpt(tiny_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "ckpt"
     shutil.copytree(tiny_dir, out)
@@ -49,7 +49,7 @@ def test_missing_key_is_named(ckpt: Path) -> None:
     edit_shard(ckpt, lambda s: s.pop(sorted(s)[0]))
     first = sorted(load_file(str(weight_files(ckpt)[1])))  # untouched shard still loads
     assert first
-    with pytest.raises(CheckpointError, match="missing keys: .*"):
+    with pytest.raises(CheckpointError, match=r"missing keys: .*"):
         load_dual_ar(ckpt, "cpu", torch.float32)
 
 
@@ -84,7 +84,7 @@ def test_single_file_checkpoint_loads_identically(ckpt: Path, tiny_model) -> Non
 
 def test_incomplete_directory_and_bad_path(tmp_path: Path, ckpt: Path) -> None:
     (ckpt / "codec.pth").unlink()
-    with pytest.raises(CheckpointError, match="missing codec.pth"):
+    with pytest.raises(CheckpointError, match=r"missing codec\.pth"):
         resolve_model_path(ckpt)
     with pytest.raises(CheckpointError, match="not a directory"):
         resolve_model_path(tmp_path / "nope")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+
 from tests.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,12 @@ import torch.nn.functional as F
 
 from engine.models.codec import Codec, CodecConfig, weight_norm_param_names
 from engine.models.codec_layers import apply_rope, rope_cos_sin
-from engine.models.codec_state import (fold_weight_norm, load_codec, normalize_codec_state_dict,
-                                       to_weight_norm_state_dict)
+from engine.models.codec_state import (
+    fold_weight_norm,
+    load_codec,
+    normalize_codec_state_dict,
+    to_weight_norm_state_dict,
+)
 
 HOP = 2048
 
@@ -334,7 +338,7 @@ def test_shape_mismatch_is_named(tmp_path: Path) -> None:
 
 def test_half_a_weight_norm_pair_is_an_error() -> None:
     state = {"x.weight_g": torch.ones(2, 1, 1)}
-    with pytest.raises(ValueError, match="x.weight_v"):
+    with pytest.raises(ValueError, match=r"x\.weight_v"):
         normalize_codec_state_dict(state)
     state = {"x.parametrizations.weight.original1": torch.ones(2, 1, 1)}
     with pytest.raises(ValueError, match="without magnitudes"):

@@ -15,7 +15,6 @@ from engine.models.codec import Codec, ResidualUnit
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 from tests.test_vocoder import HOP, make_codec, random_codes
 
-
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the interpreter
 # On the GPU the module path's cuDNN convolutions take TF32 operands, which bounds the agreement for
 # either type. In the interpreter float32 operands are IEEE products and float16 ones are rounded

@@ -73,5 +73,5 @@ def test_round_trip_through_disk_layout(tmp_path) -> None:
 def test_unreadable_file(tmp_path) -> None:
     path = tmp_path / "config.json"
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot read config.json"):
+    with pytest.raises(ValueError, match=r"cannot read config\.json"):
         ModelConfig.from_file(path)

@@ -13,8 +13,8 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from playground.server.access import Access
 from playground.api.metrics import ApiCounters
+from playground.server.access import Access
 from playground.server.gate import BodyLimits, Gate
 from playground.server.http import HeadDeadlineH11
 from tests.server import free_port

@@ -122,8 +122,7 @@ def test_silu_mul_matches_feed_forward_gate(dtype) -> None:
 def test_fused_stack_matches_blocks(tiny_model) -> None:
     """A whole stack (norms, attention through the caller, SwiGLU, final norm) equals run_layers."""
     from engine.fused_stack import FusedStack
-    from engine.models.layers import run_layers
-    from engine.models.layers import sdpa_gqa
+    from engine.models.layers import run_layers, sdpa_gqa
     model = tiny_model.model
     cfg = model.cfg.text
     layers = torch.nn.ModuleList(Block(cfg) for _ in range(2)).to(DEV)

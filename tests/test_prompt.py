@@ -9,8 +9,17 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from engine.prompt import (PROMPT_LIMIT, SPEECH_HEADER, SYSTEM_CLONE, SYSTEM_PLAIN, Reference, audio_columns,
-                           build_prompt, check_codes, split_text)
+from engine.prompt import (
+    PROMPT_LIMIT,
+    SPEECH_HEADER,
+    SYSTEM_CLONE,
+    SYSTEM_PLAIN,
+    Reference,
+    audio_columns,
+    build_prompt,
+    check_codes,
+    split_text,
+)
 from engine.tokenizer import TextTokenizer
 
 IM_START, IM_END, VOICE, SEMANTIC_START, NEWLINE = 151644, 151645, 151673, 151678, 198

@@ -1,8 +1,17 @@
 import pytest
 import torch
 
-from engine.sampler import (RAS_WINDOW, BatchParams, SamplingParams, exponential_noise, filtered_probs,
-                            push_recent, sample, sample_fast, sample_slow)
+from engine.sampler import (
+    RAS_WINDOW,
+    BatchParams,
+    SamplingParams,
+    exponential_noise,
+    filtered_probs,
+    push_recent,
+    sample,
+    sample_fast,
+    sample_slow,
+)
 
 
 def params(**kw) -> BatchParams:
@@ -119,7 +128,7 @@ def test_batched_rows_are_independent() -> None:
         assert int(alone) == int(batched[i])
 
 
-@pytest.mark.parametrize("kw", [dict(temperature=-1), dict(top_p=0), dict(top_k=0), dict(seed=-1)])
+@pytest.mark.parametrize("kw", [{"temperature": -1}, {"top_p": 0}, {"top_k": 0}, {"seed": -1}])
 def test_invalid_params_are_rejected(kw: dict) -> None:
     with pytest.raises(ValueError):
         SamplingParams(**kw)

@@ -13,8 +13,16 @@ import pytest
 import soundfile as sf
 
 from engine.audio import SAMPLE_RATE, DecodedClip, float_to_int16
-from playground.store import (DB_FILE, EXPORTS_DIR, DuplicateName, LibraryFull, Store, StoreLimits, audio_sha256,
-                              check_name)
+from playground.store import (
+    DB_FILE,
+    EXPORTS_DIR,
+    DuplicateName,
+    LibraryFull,
+    Store,
+    StoreLimits,
+    audio_sha256,
+    check_name,
+)
 from tests.tools import tool
 
 SR = SAMPLE_RATE
@@ -28,7 +36,7 @@ def noise_clip(seconds: float = 1.0, seed: int = 0, rate: int = SR) -> DecodedCl
 
 
 def _to_44k(native: np.ndarray, rate: int) -> np.ndarray:
-    n = int(round(len(native) * SR / rate))
+    n = round(len(native) * SR / rate)
     return np.interp(np.arange(n) * rate / SR, np.arange(len(native)), native).astype(np.float32)
 
 

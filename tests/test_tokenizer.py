@@ -145,5 +145,5 @@ def test_short_semantic_range_is_caught_by_config_check(tokenizer_dir: Path, tmp
 
 
 def test_missing_tokenizer_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
         TextTokenizer(tmp_path)

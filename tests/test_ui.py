@@ -26,8 +26,8 @@ from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
 from engine.prompt import split_text
 from playground.ui.output import OutputOptions
-from playground.ui.text import load_examples
 from playground.ui.take import GenSettings, chunk_bounds, collect, regenerate_chunk, splice
+from playground.ui.text import load_examples
 from playground.ui.voices import VoiceRef
 from tests.server import Server
 from tests.ui_helpers import MIC_TEXT, Playground, launch, speech_wav

@@ -12,7 +12,7 @@ TOOLS_FILE = Path(__file__).resolve().parent.parent / "scripts" / "test-tools.tx
 def listed_tools() -> dict[str, str]:
     """command -> Debian package, as listed."""
     pairs = (line.split() for line in TOOLS_FILE.read_text().splitlines() if line.strip() and not line.startswith("#"))
-    return {cmd: pkg for cmd, pkg in pairs}
+    return dict(pairs)
 
 
 def tool(command: str) -> str:

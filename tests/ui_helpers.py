@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 from playwright.sync_api import Browser, Page, Playwright
+
 from tests.tools import tool
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -52,7 +52,7 @@ def fallback_router(routers: list[APIRouter]) -> APIRouter:
     @r.api_route("/v1/{rest:path}", methods=methods, include_in_schema=False)
     async def unknown_route(request: Request) -> None:
         path = request.scope["path"]
-        allowed = sorted({m for route in routes if route.path_regex.fullmatch(path) for m in route.methods})
+        allowed = sorted({m for route in routes if route.path_regex.fullmatch(path) for m in route.methods or ()})
         if allowed:
             raise APIError(405, f"Method {request.method} is not allowed on {brief(path)}; use {', '.join(allowed)}.",
                            code="method_not_allowed", headers={"Allow": ", ".join(allowed)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -84,7 +85,8 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
-    return error_response(APIError(exc.status_code, str(exc.detail), code=code, headers=exc.headers))
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(APIError(exc.status_code, str(exc.detail), code=code, headers=headers))
 
 
 async def _on_busy(request: Request, exc: EngineBusy) -> JSONResponse:
@@ -105,9 +107,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(APIError, _on_api_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(HTTPException, _on_http_error)
-    app.add_exception_handler(EngineBusy, _on_busy)
-    app.add_exception_handler(EngineUnhealthy, _on_unhealthy)
+    handlers: list[tuple[type[Exception], Callable[[Request, Any], Awaitable[JSONResponse]]]] = [
+        (APIError, _on_api_error), (RequestValidationError, _on_validation_error), (HTTPException, _on_http_error),
+        (EngineBusy, _on_busy), (EngineUnhealthy, _on_unhealthy)]
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, handler)  # pyright: ignore[reportArgumentType] (Starlette types it loosely)
     app.add_exception_handler(Exception, _on_unexpected)

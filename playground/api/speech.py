@@ -26,9 +26,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from engine import EngineUnhealthy
-from engine import AudioChunk
-from engine import CONTENT_TYPES, StreamEncoder, encode_audio, time_stretch
+from engine import CONTENT_TYPES, AudioChunk, EngineUnhealthy, StreamEncoder, encode_audio, time_stretch
 from playground.api.errors import APIError
 from playground.api.synthesis import SpeechBody, check_model, param_of, references, synthesis_request
 from playground.state import AppState
@@ -46,15 +44,15 @@ class ClosingStreamingResponse(StreamingResponse):
     """Closes the engine stream however the response ends (client gone, error, never started), so the
     request is aborted and its KV blocks freed at once, not whenever the generator is collected."""
 
-    def __init__(self, content: AsyncIterator[bytes], source: EngineStream, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncGenerator[bytes, None], source: EngineStream, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
-        self.source = source
+        self.content, self.source = content, source
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            await self.content.aclose()
             await self.source.aclose()
 
 
@@ -132,7 +130,7 @@ async def encoded_chunks(first: AudioChunk, stream: EngineStream, fmt: str,
 
 
 async def audio_body(first: AudioChunk, stream: EngineStream, fmt: str,
-                     speed: float) -> AsyncIterator[bytes]:
+                     speed: float) -> AsyncGenerator[bytes, None]:
     async for data, _ in encoded_chunks(first, stream, fmt, speed):
         if data:
             yield data
@@ -143,7 +141,7 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 async def sse_body(first: AudioChunk, stream: EngineStream, fmt: str, speed: float,
-                   input_tokens: int) -> AsyncIterator[bytes]:
+                   input_tokens: int) -> AsyncGenerator[bytes, None]:
     try:
         async for data, final in encoded_chunks(first, stream, fmt, speed):
             if data:

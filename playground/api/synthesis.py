@@ -10,15 +10,20 @@ import base64
 import binascii
 import re
 import secrets
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from engine import AudioError, DecodedClip, DecoderBusyError
-from engine import ReferenceInput, SynthesisRequest, check_text
-from engine import SamplingParams
+from engine import (
+    AudioError,
+    DecodedClip,
+    DecoderBusyError,
+    ReferenceInput,
+    SamplingParams,
+    SynthesisRequest,
+    check_text,
+)
 from playground.api.errors import APIError, brief
 from playground.api.metrics import MODEL_ID
 from playground.clips import read_clip
@@ -87,7 +92,7 @@ def with_instructions(text: str, instructions: str | None) -> str:
     if not tag or len(tag) > MAX_INSTRUCTIONS_CHARS or "[" in tag or "]" in tag:
         raise APIError(400, f"instructions must be 1 to {MAX_INSTRUCTIONS_CHARS} characters without square "
                        "brackets; they are sent to the model as a leading [tag].", param="instructions")
-    head = _LEADING_SPEAKER_TAGS.match(text).end()
+    head = _LEADING_SPEAKER_TAGS.match(text).end()  # pyright: ignore[reportOptionalMemberAccess] (a * pattern always matches)
     return f"{text[:head]}[{tag}] {text[head:].lstrip()}"
 
 
@@ -154,9 +159,9 @@ def synthesis_request(body: SpeechBody) -> tuple[SynthesisRequest, int]:
     if not body.input.strip():
         raise APIError(400, "input is empty: nothing to synthesize.", param="input")
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
-    given = {k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
+    given: dict[str, Any] = {k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
                                ("top_k", body.top_k), ("ras", body.ras)) if v is not None}
-    limits = {k: v for k, v in (("max_frames", body.max_frames), ("chunk_length", body.chunk_length))
+    limits: dict[str, Any] = {k: v for k, v in (("max_frames", body.max_frames), ("chunk_length", body.chunk_length))
               if v is not None}
     try:
         sampling = SamplingParams(seed=seed, **given)

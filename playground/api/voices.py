@@ -2,8 +2,8 @@
 
 The library is the API's own (the key holder's; every visitor's with --shared-library). An upload is
 decoded and checked (playground.clips), encoded once on the engine thread, and kept by the Store,
-losslessly as FLAC at the clip's own rate, with its transcript and codes. Codes are cached by the clip's content hash, so the same
-clip uploaded again (under another name) is not encoded again.
+losslessly as FLAC at the clip's own rate, with its transcript and codes. Codes are cached by the
+clip's content hash, so the same clip uploaded again (under another name) is not encoded again.
 """
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import APIRouter, File, Form, UploadFile
-from fastapi import Response
+from fastapi import APIRouter, File, Form, Response, UploadFile
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 

@@ -16,9 +16,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from playground.server.access import AUTH_COOKIE, SESSION_COOKIE, Access, cookie_header, cookies_of, login_page
 from playground.api.errors import APIError, BodyTooLarge, error_response
 from playground.api.metrics import ApiCounters
+from playground.server.access import AUTH_COOKIE, SESSION_COOKIE, Access, cookie_header, cookies_of, login_page
 
 COUNTED_PREFIXES = ("/v1", "/health", "/metrics")  # "/v1" also matches "/v1/..."
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -30,18 +30,48 @@ import numpy as np
 
 from engine import SAMPLE_RATE, DecodedClip
 from playground.store.files import codes_array, codes_blob, name_key, quote, tree_bytes, write_clip, write_take
-from playground.store.types import (HISTORY_ID, MAX_NAME_CHARS, MAX_TRANSCRIPT_CHARS, RESERVED_NAMES, VOICE_ID, SHA256,
-                                    DuplicateName, HistoryEntry, LibraryFull, StoreLimits, Voice, audio_sha256,
-                                    check_name, check_owner, check_transcript)
 from playground.store.schema import SHARED_OWNER, prepare
+from playground.store.types import (
+    HISTORY_ID,
+    MAX_NAME_CHARS,
+    MAX_TRANSCRIPT_CHARS,
+    RESERVED_NAMES,
+    SHA256,
+    VOICE_ID,
+    DuplicateName,
+    HistoryEntry,
+    LibraryFull,
+    StoreLimits,
+    Voice,
+    audio_sha256,
+    check_name,
+    check_owner,
+    check_transcript,
+)
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "s2pro.sqlite3"
 EXPORTS_DIR = "exports"
-__all__ = ["Store", "StoreLimits", "Voice", "HistoryEntry", "DuplicateName", "LibraryFull", "audio_sha256",
-           "check_name", "check_transcript", "RESERVED_NAMES", "VOICE_ID", "HISTORY_ID", "MAX_NAME_CHARS",
-           "MAX_TRANSCRIPT_CHARS", "EXPORTS_DIR", "SHARED_OWNER", "DB_FILE"]
+__all__ = [
+    "DB_FILE",
+    "EXPORTS_DIR",
+    "HISTORY_ID",
+    "MAX_NAME_CHARS",
+    "MAX_TRANSCRIPT_CHARS",
+    "RESERVED_NAMES",
+    "SHARED_OWNER",
+    "VOICE_ID",
+    "DuplicateName",
+    "HistoryEntry",
+    "LibraryFull",
+    "Store",
+    "StoreLimits",
+    "Voice",
+    "audio_sha256",
+    "check_name",
+    "check_transcript",
+]
 
 
 def _voice(row: sqlite3.Row) -> Voice:
@@ -185,7 +215,8 @@ class Store:
         owner = check_owner(owner)
         if not isinstance(id_or_name, str) or len(id_or_name) > 4 * MAX_NAME_CHARS:
             return None
-        column, value = ("id", id_or_name) if VOICE_ID.fullmatch(id_or_name) else ("name_key", name_key(id_or_name.strip()))
+        by_id = VOICE_ID.fullmatch(id_or_name)
+        column, value = ("id", id_or_name) if by_id else ("name_key", name_key(id_or_name.strip()))
         with self._db() as db:
             row = db.execute(f"SELECT * FROM voices WHERE owner = ? AND {column} = ?", (owner, value)).fetchone()
         return None if row is None else _voice(row)

@@ -15,22 +15,23 @@ import threading
 
 import gradio as gr
 from fastapi import FastAPI
+from gradio.themes import Soft
 
+from playground.server.uploads import UPLOAD_KEEP_SECONDS, UPLOAD_SWEEP_SECONDS, start_uploads
 from playground.state import DEMO_HELP, AppState
-from playground.ui.generate import Generation, build_run_panel, build_settings_panel
 from playground.ui.figures import STATUS_SECONDS, StatusLine
+from playground.ui.generate import Generation, build_run_panel, build_settings_panel
 from playground.ui.history import HistoryHandlers, TakeHandlers, build_history_panel, build_take_panel, table_update
 from playground.ui.output import Exports, build_output_panel, warm_up
 from playground.ui.page import Ctx, Page
 from playground.ui.stream import STATIC_DIR, StreamHub, install_routes
 from playground.ui.text import build_text_panel, wire_text_panel
 from playground.ui.voices import VoiceHandlers, build_voice_panel, voice_choices
-from playground.server.uploads import UPLOAD_KEEP_SECONDS, UPLOAD_SWEEP_SECONDS, start_uploads
 
 log = logging.getLogger(__name__)
 
 HEAD = '<script src="/playground/static/player.js"></script>'
-THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="violet", neutral_hue="slate")
+THEME = Soft(primary_hue="indigo", secondary_hue="violet", neutral_hue="slate")
 
 
 def install(app: FastAPI, state: AppState) -> FastAPI:

@@ -14,12 +14,11 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
-from engine import EngineBusy, EngineUnhealthy
-from engine import SAMPLE_RATE
-from engine import MAX_FRAMES_LIMIT
+from engine import MAX_FRAMES_LIMIT, SAMPLE_RATE, EngineBusy, EngineUnhealthy
 from playground.store import HistoryEntry
 from playground.ui.figures import LiveFigures, live_html, message_html, summary_html
 from playground.ui.history import table_update, take_updates
@@ -60,7 +59,7 @@ class SettingsPanel:
     chunk_length: gr.Slider
 
     @property
-    def inputs(self) -> list[gr.components.Component]:
+    def inputs(self) -> list[Any]:  # Gradio components, as event inputs
         return [getattr(self, name) for name in SETTINGS_INPUTS]
 
 
@@ -188,6 +187,8 @@ class Generation:
                     take = item
                 else:
                     yield {run.figures: live_html(item)}
+            if take is None:
+                raise RuntimeError("the take ended without its audio")
             ctx.hub.close(gen_id)  # now, not after saving: the player flushes its pre-roll on the stream's end
             yield await self._saved(owner, settings, voice, opts, take)
         except EngineBusy as exc:

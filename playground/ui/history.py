@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from engine import EngineBusy, EngineUnhealthy
-from engine import SAMPLE_RATE
+from engine import SAMPLE_RATE, EngineBusy, EngineUnhealthy
 from playground.store import HistoryEntry
 from playground.ui.figures import message_html, summary_html
 from playground.ui.output import OutputOptions, read_take

@@ -11,6 +11,7 @@ import hashlib
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -55,7 +56,7 @@ class OutputPanel:
     trim: gr.Checkbox
 
     @property
-    def inputs(self) -> list[gr.components.Component]:
+    def inputs(self) -> list[Any]:  # Gradio components, as event inputs
         return [self.fmt, self.normalize, self.target_lufs, self.trim]
 
 

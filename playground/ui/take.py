@@ -19,11 +19,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from engine import AudioChunk
-from engine import SAMPLE_RATE
+from engine import MAX_FRAMES_LIMIT, SAMPLE_RATE, AudioChunk, SamplingParams, SynthesisRequest
 from engine.engine import Engine, Job
-from engine import MAX_FRAMES_LIMIT, SynthesisRequest
-from engine import SamplingParams
 from playground.state import AppState
 from playground.ui.figures import LiveFigures
 from playground.ui.stream import PcmStream
@@ -176,7 +173,7 @@ async def neighbour_voice(state: AppState, samples: np.ndarray, chunks: list[dic
         clip = samples[c["start_sample"]:c["end_sample"]]
         seconds = len(clip) / SAMPLE_RATE
         if speaker(c["text"]) == speaker(chunks[index]["text"]) and 1.0 <= seconds <= NEIGHBOUR_MAX_SECONDS:
-            codes = (await state.engine.run(lambda engine: engine.encode_audio(clip))).numpy()
+            codes = (await state.engine.run(lambda engine, clip=clip: engine.encode_audio(clip))).numpy()
             return VoiceRef(None, None, None, c["text"], codes)
     return VoiceRef()
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import split_text
-from engine import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text
+from engine import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text, split_text
 from playground.tags import PALETTE, SPEAKER_TAG, find_tags, lint
 
 EXAMPLES_FILE = Path(__file__).resolve().parents[2] / "assets" / "examples.json"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import html
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 import numpy as np
 
-from engine import AudioError, DecodedClip
-from engine import ReferenceInput
+from engine import AudioError, DecodedClip, ReferenceInput
 from playground.clips import read_clip
 from playground.state import AppState
 from playground.store import audio_sha256, check_transcript
@@ -56,7 +56,7 @@ class VoicePanel:
     delete: gr.Button
 
     @property
-    def inputs(self) -> list[gr.components.Component]:
+    def inputs(self) -> list[Any]:  # Gradio components, as event inputs
         return [self.choice, self.clip, self.transcript]
 
 
