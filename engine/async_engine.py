@@ -26,6 +26,7 @@ from torch import Tensor
 
 from engine.admission import EngineUnhealthy
 from engine.engine import Engine, Event
+from engine.metrics import EngineMetrics
 from engine.request import SynthesisRequest
 from engine.sampler import SamplingParams
 from engine.watchdog import Hang, Watchdog, exit_process
@@ -109,6 +110,11 @@ class AsyncEngine:
                 return
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(EngineUnhealthy(self.watchdog.hang.message))
+
+    @property
+    def metrics(self) -> EngineMetrics:
+        """The engine's counters and histograms (thread-safe: they carry their own lock)."""
+        return self.engine.metrics
 
     @property
     def healthy(self) -> bool:

@@ -60,7 +60,7 @@ async def _codes(state: AppState, counters: ApiCounters, samples: np.ndarray) ->
     if cached is not None:
         return cached
     codes = await state.engine.run(lambda engine: engine.encode_audio(samples))
-    counters.voice_encodes += 1
+    counters.voice_encodes.inc()
     return codes.numpy()
 
 
