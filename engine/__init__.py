@@ -3,20 +3,40 @@
 This is the engine's public face: callers (the playground, the API, scripts) import these names from
 `engine` and nothing deeper, so the inside can move without breaking them.
 """
-from engine.admission import EngineBusy, EngineUnhealthy
-from engine.async_engine import AsyncEngine, AudioChunk
-from engine.audio import (CONTENT_TYPES, MAX_UPLOAD_BYTES, SAMPLE_RATE, AudioError, DecodedClip, DecoderBusyError,
-                          StreamEncoder, encode_audio, float_to_int16, is_silent, load_clip, normalize_loudness,
-                          time_stretch, trim_silence)
+from engine.ar.sampler import SamplingParams
+from engine.audio import (
+                          CONTENT_TYPES,
+                          MAX_UPLOAD_BYTES,
+                          SAMPLE_RATE,
+                          AudioError,
+                          DecodedClip,
+                          DecoderBusyError,
+                          StreamEncoder,
+                          encode_audio,
+                          float_to_int16,
+                          is_silent,
+                          load_clip,
+                          normalize_loudness,
+                          time_stretch,
+                          trim_silence,
+)
 from engine.checkpoint import DEFAULT_MODEL_ID, CheckpointError, resolve_model_path
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
-from engine.metrics import EngineMetrics, Histogram
 from engine.prompt import split_text
-from engine.request import (MAX_CHUNK_LENGTH, MAX_FRAMES_LIMIT, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, ReferenceInput,
-                            SynthesisRequest, check_text)
-from engine.sampler import SamplingParams
+from engine.serving.admission import EngineBusy, EngineUnhealthy
+from engine.serving.async_engine import AsyncEngine, AudioChunk
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
+from engine.serving.metrics import EngineMetrics, Histogram
+from engine.serving.request import (
+                          MAX_CHUNK_LENGTH,
+                          MAX_FRAMES_LIMIT,
+                          MAX_TEXT_CHARS,
+                          MIN_CHUNK_LENGTH,
+                          ReferenceInput,
+                          SynthesisRequest,
+                          check_text,
+)
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 
 __all__ = [

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.ar.sampler import SamplingParams
 from engine.audio import encode_audio, load_audio
 from engine.checkpoint import resolve_model_path
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
 from engine.prompt import Reference, build_prompt
 from engine.reference import generate
-from engine.request import ReferenceInput, SynthesisRequest
-from engine.sampler import SamplingParams
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
+from engine.serving.request import ReferenceInput, SynthesisRequest
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -480,7 +480,7 @@ def time_stretch(samples: np.ndarray, speed: float, sample_rate: int = SAMPLE_RA
     frame, tolerance = int(0.04 * sample_rate) // 2 * 2, int(0.01 * sample_rate)
     hop = frame // 2
     window = np.hanning(frame + 1)[:frame]  # periodic Hann: copies at hop = frame / 2 sum to 1
-    num_out = int(round(len(samples) / speed))
+    num_out = round(len(samples) / speed)
     num_frames = num_out // hop + 2
     margin = tolerance + frame
     x = np.pad(samples.astype(np.float64), (margin, margin + int(num_frames * hop * speed) + frame))
@@ -490,7 +490,7 @@ def time_stretch(samples: np.ndarray, speed: float, sample_rate: int = SAMPLE_RA
     pos = margin - hop
     for k in range(1, num_frames + 1):
         out[(k - 1) * hop : (k - 1) * hop + frame] += window * x[pos : pos + frame]
-        nominal = margin - hop + int(round(k * hop * speed))
+        nominal = margin - hop + round(k * hop * speed)
         pos = _best_continuation(x, natural=pos + hop, nominal=nominal, frame=frame, tolerance=tolerance)
     return out[hop : hop + num_out].astype(np.float32)
 

@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 from engine import capacity
-from engine.async_engine import AsyncEngine
+from engine.ar.sampler import SamplingParams
 from engine.config import ModelConfig, s2_pro_config, tiny_config
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel, codec_dtype, pick_device
 from engine.models.codec import Codec, CodecConfig
 from engine.models.dual_ar import DualAR
-from engine.sampler import SamplingParams
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
 from engine.tokenizer import TextTokenizer
 from engine.tools.tiny_tokenizer import write_tiny_tokenizer
 
@@ -115,7 +115,7 @@ def pct(values: list[float | None], q: float) -> float:
     values = sorted(v for v in values if v is not None)
     if not values:
         return float("nan")
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, round_seed: int,

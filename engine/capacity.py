@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.admission import EngineBusy
-from engine.async_engine import AsyncEngine
-from engine.metrics import FRAME_SECONDS
-from engine.sampler import SamplingParams
+from engine.ar.sampler import SamplingParams
+from engine.serving.admission import EngineBusy
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.metrics import FRAME_SECONDS
 
 SAMPLE_RATE = 44100
 MAX_GAP_MS = 100.0
@@ -66,7 +66,7 @@ def gaps(arrivals: list[tuple[float, int]]) -> list[float]:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
 
 async def client(aengine: AsyncEngine, prompt: torch.Tensor, seed: int, frames: int, delay_s: float) -> dict:
@@ -78,7 +78,7 @@ async def client(aengine: AsyncEngine, prompt: torch.Tensor, seed: int, frames: 
                 arrivals.append((time.perf_counter(), len(chunk.pcm)))
     except EngineBusy:
         outcome = "refused"
-    except Exception:  # noqa: BLE001 - an error is counted, the round goes on
+    except Exception:
         outcome = "failed"
     if outcome == "served" and sum(n for _, n in arrivals) != frames * 2048:
         outcome = "failed"

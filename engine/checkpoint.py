@@ -78,7 +78,7 @@ def read_safetensors(files: list[Path], device: str = "cpu") -> dict[str, Tensor
     state: dict[str, Tensor] = {}
     for file in files:
         with safe_open(str(file), framework="pt", device=device) as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 if key in state:
                     raise CheckpointError(f"key {key} appears in more than one shard")
                 state[key] = f.get_tensor(key)

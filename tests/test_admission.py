@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.admission import EngineBusy, QueueRate, retry_after_s
-from engine.engine_config import EngineConfig
-from engine.memory_plan import GIB, MemoryPlan, kv_blocks_for, streams_held
+from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
+from engine.serving.engine_config import EngineConfig
+from engine.serving.memory_plan import GIB, MemoryPlan, kv_blocks_for, streams_held
 
 
 def test_queue_rate_follows_departures() -> None:

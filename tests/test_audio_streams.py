@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio_streams import AudioStreams
+from engine.vocoder.streams import AudioStreams
 from tests.test_vocoder import make_codec, random_codes
 
 
@@ -50,7 +50,7 @@ def test_a_stream_alone_is_pushed_the_same_way_whenever_it_starts() -> None:
         streams = AudioStreams(codec, max_rows=2, group_frames=4)
         sizes: list[int] = []
         push = streams.vocoder.push
-        streams.vocoder.push = lambda slots, c: (sizes.append(c.shape[-1]), push(slots, c))[1]
+        streams.vocoder.push = lambda slots, c, sizes=sizes, push=push: (sizes.append(c.shape[-1]), push(slots, c))[1]
         for step in range(idle_steps):
             streams.open(99)
             streams.add(99, codes[:, step])
@@ -68,7 +68,7 @@ def test_a_stream_alone_is_pushed_the_same_way_whenever_it_starts() -> None:
 
 
 def test_group_size_is_bounded_because_each_size_gets_a_graph() -> None:
-    from engine.engine_config import EngineConfig
+    from engine.serving.engine_config import EngineConfig
     assert EngineConfig(vocoder_group_frames=16).vocoder_group_frames == 16
     for bad in (0, 17):
         with pytest.raises(ValueError, match=r"vocoder_group_frames must be in \[1, 16\]"):

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from engine.batched_vocoder import SlotVocoder
 from engine.models.codec import Codec
+from engine.vocoder.rows import SlotVocoder
 from tests.test_vocoder import HOP, make_codec, random_codes
 
 
@@ -126,7 +126,7 @@ def test_empty_and_bad_pushes(codec: Codec) -> None:
         vocoder.push(torch.tensor([0, 1], dtype=torch.int32), codes)
     with pytest.raises(ValueError, match="integer codes"):
         vocoder.push(torch.tensor([0, 1]), codes[:, :9])
-    with pytest.raises(ValueError, match="outside 0..2"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.2"):
         vocoder.reset(3)
     with pytest.raises(ValueError, match="max_slots"):
         SlotVocoder(codec, 0)

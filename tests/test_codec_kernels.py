@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batched_vocoder import SlotVocoder
-from engine.codec_kernels import _launch_conv, _plan, snake_after_context
-from engine.fused_decoder import FusedDecoder, launch_unit
+from engine.kernels.codec import launch_conv, plan_conv, snake_after_context
 from engine.models.codec import Codec, ResidualUnit
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
+from engine.vocoder.fused_decoder import FusedDecoder, launch_unit
+from engine.vocoder.rows import SlotVocoder
 from tests.test_vocoder import HOP, make_codec, random_codes
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the interpreter
@@ -81,7 +81,7 @@ def test_conv_kernel_equals_torch(kind: str, split: int, operands: torch.dtype) 
         snake.alpha.uniform_(0.5, 2.0)
         out_snake.alpha.uniform_(0.5, 2.0)
         module.conv.bias.normal_()
-    plan = _plan(module, snake, out_snake=out_snake if then else None, tanh=kind == "last", operands=operands)
+    plan = plan_conv(module, snake, out_snake=out_snake if then else None, tanh=kind == "last", operands=operands)
     context = plan.context
     x = torch.randn(batch, length, cin, device=DEVICE)
     ctx = torch.randn(batch, max(context, 1) * cin, device=DEVICE)  # pre-Snake inputs before x, [L, C] per row
@@ -89,9 +89,9 @@ def test_conv_kernel_equals_torch(kind: str, split: int, operands: torch.dtype) 
     y = torch.empty(batch, length, plan.weight.shape[1], device=DEVICE)
     if layout:  # [context; x] as one buffer per row, x its last rows
         buffer = torch.cat([ctx.view(batch, -1, cin)[:, :context], x], 1)
-        _launch_conv(plan, buffer[:, context:], buffer, plan.alpha, residual, y, split=split, one_source=True)
+        launch_conv(plan, buffer[:, context:], buffer, plan.alpha, residual, y, split=split, one_source=True)
     else:
-        _launch_conv(plan, x, ctx, plan.alpha, residual, y, split=split)
+        launch_conv(plan, x, ctx, plan.alpha, residual, y, split=split)
     # reference: the module on Snake of [context; x], channels first
     full = _snaked(snake, torch.cat([ctx.view(batch, -1, cin)[:, :context], x], 1).transpose(1, 2))
     with torch.no_grad():
@@ -133,17 +133,17 @@ def test_residual_unit_kernel_equals_two_convs(channels: int, then: str, operand
     with torch.no_grad():
         for snake in (unit.block[0], unit.block[2], after, following):
             snake.alpha.uniform_(0.5, 2.0)
-    dilated = _plan(unit.block[1], unit.block[0], snake_first=True, out_snake=unit.block[2], operands=operands)
-    pointwise = _plan(unit.block[3], None, out_snake=after if then == "out_snake" else None, operands=operands)
+    dilated = plan_conv(unit.block[1], unit.block[0], snake_first=True, out_snake=unit.block[2], operands=operands)
+    pointwise = plan_conv(unit.block[3], None, out_snake=after if then == "out_snake" else None, operands=operands)
     h = torch.randn(batch, length, channels, device=DEVICE)
     ctx = torch.randn(batch, dilated.context * channels, device=DEVICE)
     buf = snake_after_context(h, ctx, dilated.alpha, dilated.context, operands)
     # two kernels
     inner = torch.empty(batch, length, channels, dtype=operands, device=DEVICE)
-    _launch_conv(dilated, buf[:, dilated.context:], buf, None, None, inner, one_source=True)
+    launch_conv(dilated, buf[:, dilated.context:], buf, None, None, inner, one_source=True)
     want = torch.empty(batch, length, channels, dtype=operands if then == "out_snake" else torch.float32,
                        device=DEVICE)
-    _launch_conv(pointwise, inner, inner, None, h, want, one_source=True)
+    launch_conv(pointwise, inner, inner, None, h, want, one_source=True)
     # one kernel
     got = torch.empty_like(want)
     nxt = torch.full((batch, 5 + length, channels), 7.0, dtype=operands, device=DEVICE) if then == "next" else None

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.attention import paged_decode_reference
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
+from engine.ar.attention import paged_decode_reference
+from engine.ar.sampler import SamplingParams
 from engine.loader import load_model_dir
 from engine.reference import generate
-from engine.sampler import SamplingParams
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
 from tests.test_engine import random_prompt, run_engine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -25,7 +25,7 @@ def cuda_model(tiny_dir):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("groups,head_dim", [(4, 128), (2, 16)])
 def test_triton_paged_decode_matches_reference(dtype, groups, head_dim) -> None:
-    from engine.triton_attention import paged_decode_triton
+    from engine.kernels.attention import paged_decode_triton
     torch.manual_seed(0)
     kv_heads, block, num_blocks, batch = 8 if head_dim == 128 else 2, 64, 80, 5
     k_pool = torch.randn(num_blocks, block, kv_heads, head_dim, device="cuda", dtype=dtype)
@@ -86,7 +86,7 @@ def test_graph_captured_vocoder_stream_equals_one_shot_decode(cuda_model) -> Non
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_prefill_attention_equals_masked_reference(dtype) -> None:
     """The CUDA prefill path (causal bias aligned to the last key) against an explicit mask."""
-    from engine.attention import PrefillSegment, prefill_attention
+    from engine.ar.attention import PrefillSegment, prefill_attention
     from engine.models.layers import sdpa_gqa
     torch.manual_seed(3)
     k_pool = torch.randn(40, 16, 2, 64, device="cuda", dtype=dtype)
@@ -110,8 +110,8 @@ def test_cuda_prefill_attention_equals_masked_reference(dtype) -> None:
 def test_fused_codec_decoder_equals_module_path_at_real_shapes() -> None:
     """Real codec shapes (random weights): pushes of the fused decoder (split over programs for few
     rows, tiled for many; float16 operands) against the module path's TF32 convolutions."""
-    from engine.batched_vocoder import SlotVocoder
     from engine.models.codec import Codec, CodecConfig
+    from engine.vocoder.rows import SlotVocoder
     torch.manual_seed(0)
     with torch.device("cuda"):
         codec = Codec(CodecConfig()).eval().requires_grad_(False)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.async_engine import AsyncEngine
+from engine.ar.sampler import SamplingParams
 from engine.bench import build, make_prompt
 from engine.capacity import capacity_round
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel, load_model_dir
-from engine.sampler import SamplingParams
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
 from tests.test_engine import random_prompt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),

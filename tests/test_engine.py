@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
+from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
 from engine.reference import generate
-from engine.sampler import SamplingParams
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
 
 
 def random_prompt(model: LoadedModel, seed: int, text_len: int, audio_len: int) -> torch.Tensor:

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.async_engine import AsyncEngine
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
+from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
 from engine.prompt import Reference, build_prompt, split_text
 from engine.reference import generate
-from engine.request import ReferenceInput, SynthesisRequest
-from engine.sampler import SamplingParams
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
+from engine.serving.request import ReferenceInput, SynthesisRequest
 from tests.test_engine import random_prompt, run_engine
 
 
@@ -73,12 +73,8 @@ def test_pool_too_small_for_all_requests_completes_them_later(tiny_model: Loaded
 
 def test_request_larger_than_pool_is_refused(tiny_model: LoadedModel) -> None:
     engine = Engine(tiny_model, EngineConfig(num_blocks=2, block_size=16, max_batch=2))
-    try:
+    with pytest.raises(ValueError, match="KV cache"):
         engine.add_prompt(random_prompt(tiny_model, 1, 20, 0), SamplingParams(), 100)
-    except ValueError as exc:
-        assert "KV cache" in str(exc)
-    else:
-        raise AssertionError("expected a ValueError")
 
 
 def test_streamed_pcm_equals_one_shot_decode(tiny_model: LoadedModel) -> None:

@@ -10,15 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import codec_kernels, kernels
-from engine.attention import PrefillSegment, paged_decode_reference, prefill_attention
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
+from engine.ar.attention import PrefillSegment, paged_decode_reference, prefill_attention
+from engine.ar.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+from engine.kernels import codec as codec_kernels
+from engine.kernels import transformer as kernels
+from engine.kernels.attention import paged_decode_triton, paged_prefill_triton, prefill_block_m, prefill_tiles
+from engine.kernels.sampling import sample_into
 from engine.models.codec_layers import LayerScale
 from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
-from engine.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
-from engine.sampling_kernel import sample_into
-from engine.triton_attention import paged_decode_triton, paged_prefill_triton, prefill_block_m, prefill_tiles
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
 from tests.test_engine import random_prompt, run_engine
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -121,7 +122,7 @@ def test_silu_mul_matches_feed_forward_gate(dtype) -> None:
 
 def test_fused_stack_matches_blocks(tiny_model) -> None:
     """A whole stack (norms, attention through the caller, SwiGLU, final norm) equals run_layers."""
-    from engine.fused_stack import FusedStack
+    from engine.kernels.fused_stack import FusedStack
     from engine.models.layers import run_layers, sdpa_gqa
     model = tiny_model.model
     cfg = model.cfg.text
@@ -298,9 +299,9 @@ def test_paged_prefill_equals_module_prefill(dev_model) -> None:
     """The fused prefill (paged prefill kernel over query tiles), exact and padded to a graph bucket's
     fixed sizes, against the module path's prefill with per-sequence causal attention: same hidden
     states and KV, also for a sequence whose first block was computed in an earlier step."""
-    from engine.kv_cache import BlockManager
-    from engine.request import Sequence
-    from engine.runner import ModelRunner, RunnerConfig
+    from engine.ar.runner import ModelRunner, RunnerConfig
+    from engine.serving.kv_cache import BlockManager
+    from engine.serving.request import Sequence
     model = dev_model.model
     runs = []
     for mode in ("module", "exact", "padded"):

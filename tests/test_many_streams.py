@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.admission import EngineBusy
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
+from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
 from engine.reference import generate
-from engine.request import SynthesisRequest
-from engine.sampler import SamplingParams
+from engine.serving.admission import EngineBusy
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
+from engine.serving.request import SynthesisRequest
 from tests.test_engine import random_prompt
 
 MAX_BATCH = 4

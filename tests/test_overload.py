@@ -14,11 +14,11 @@ import pytest
 import uvicorn
 
 from app import build_app
-from engine.async_engine import AsyncEngine
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
-from engine.watchdog import Hang
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
+from engine.serving.watchdog import Hang
 from playground.server.access import Access, load_secret
 from playground.settings import Settings
 from playground.state import AppState

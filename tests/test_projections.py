@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import kernels, projections
+from engine.kernels import linear as projections
+from engine.kernels import transformer as kernels
 from tests.test_kernels import DEV, DTYPES, tol
 
 
@@ -50,7 +51,7 @@ def test_swiglu_epilogue_equals_gate_after_product(dtype, rows, n, k) -> None:
 
 def test_fuse_gate_up_interleaves_rows_in_place() -> None:
     """w1/w3 become views into one matrix of alternating rows; fusing again returns the same matrix."""
-    from engine.fused_stack import fuse_gate_up
+    from engine.kernels.fused_stack import fuse_gate_up
     from engine.models.layers import FeedForward
     block = torch.nn.Module()
     block.feed_forward = FeedForward(16, 24)

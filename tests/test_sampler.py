@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.sampler import (
+from engine.ar.sampler import (
     RAS_WINDOW,
     BatchParams,
     SamplingParams,

@@ -1,9 +1,9 @@
 """The scheduler's step plans over a real block pool: chunked prefill and when decoding starts."""
 from __future__ import annotations
 
-from engine.kv_cache import BlockManager
-from engine.request import Sequence
-from engine.scheduler import Scheduler
+from engine.serving.kv_cache import BlockManager
+from engine.serving.request import Sequence
+from engine.serving.scheduler import Scheduler
 
 
 def prompt(n: int, voice: int) -> list[tuple[int, ...]]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from engine.prompt import MAX_SPEAKER_DIGITS, split_text
-from engine.request import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, ReferenceInput, SynthesisRequest
+from engine.serving.request import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, ReferenceInput, SynthesisRequest
 from engine.tokenizer import SPEAKER_TAG, TextTokenizer
 from playground.api.synthesis import param_of
 from playground.tags import find_tags, lint

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from engine.async_engine import AsyncEngine
 from engine.audio import SAMPLE_RATE
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
 from engine.prompt import split_text
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
 from playground.ui.output import OutputOptions
 from playground.ui.take import GenSettings, chunk_bounds, collect, regenerate_chunk, splice
 from playground.ui.text import load_examples

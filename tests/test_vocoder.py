@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.models.codec import Codec
-from engine.vocoder import StreamingDecoder
+from engine.vocoder.stream_decode import StreamingDecoder
 from tests.test_codec import HOP, make_codec, random_codes
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.admission import EngineUnhealthy
-from engine.async_engine import AsyncEngine
-from engine.engine import Engine
-from engine.engine_config import EngineConfig
 from engine.loader import LoadedModel
-from engine.request import SynthesisRequest
-from engine.watchdog import EXIT_HUNG, Hang
+from engine.serving.admission import EngineUnhealthy
+from engine.serving.async_engine import AsyncEngine
+from engine.serving.engine import Engine
+from engine.serving.engine_config import EngineConfig
+from engine.serving.request import SynthesisRequest
+from engine.serving.watchdog import EXIT_HUNG, Hang
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_S = 0.5
@@ -83,11 +83,11 @@ def test_without_a_hang_the_engine_stays_healthy(tiny_model: LoadedModel) -> Non
 def test_by_default_a_hang_ends_the_process_for_a_restart(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import asyncio, threading, torch
-        from engine.async_engine import AsyncEngine
-        from engine.engine import Engine
-        from engine.engine_config import EngineConfig
+        from engine.serving.async_engine import AsyncEngine
+        from engine.serving.engine import Engine
+        from engine.serving.engine_config import EngineConfig
         from engine.loader import load_model_dir
-        from engine.request import SynthesisRequest
+        from engine.serving.request import SynthesisRequest
         from engine.tools.tiny_checkpoint import write_tiny_checkpoint
         loaded = load_model_dir(write_tiny_checkpoint({str(tmp_path)!r}, seed=0), torch.device("cpu"), torch.float32)
         engine = Engine(loaded, EngineConfig(num_blocks=64, block_size=16, max_batch=2, step_timeout_s=0.3))

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.window_attention import window_attention
 from engine.models.codec_layers import apply_rope, rope_cos_sin, window_mask
-from engine.window_attention import window_attention
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from engine.models.codec_layers import (CausalConv1d, CausalConvTranspose1d, Snake1d,
-                                        WindowedTransformer)
+from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d, WindowedTransformer
 from engine.models.codec_quantizer import DownsampleQuantizer, VectorQuantizer
 
 _TUPLE_FIELDS = ("encoder_rates", "encoder_transformer_layers", "decoder_rates", "downsample_factor")
@@ -139,8 +138,8 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, dim: int, stride: int, transformer: WindowedTransformer | None) -> None:
         super().__init__()
-        layers = _residual_units(dim // 2) + [
-            Snake1d(dim // 2), CausalConv1d(dim // 2, dim, 2 * stride, stride=stride, weight_norm=True)]
+        layers = [*_residual_units(dim // 2), Snake1d(dim // 2),
+                  CausalConv1d(dim // 2, dim, 2 * stride, stride=stride, weight_norm=True)]
         self.block = nn.Sequential(*layers, *([transformer] if transformer is not None else []))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.models.codec_layers import (CausalConv1d, CausalConvTranspose1d, ConvNeXtBlock,
-                                        WindowedTransformer)
+from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, ConvNeXtBlock, WindowedTransformer
 
 
 class VectorQuantizer(nn.Module):

@@ -11,7 +11,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from engine.config import TransformerConfig

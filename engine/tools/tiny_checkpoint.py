@@ -39,7 +39,7 @@ def write_dual_ar(out_dir: Path, cfg: ModelConfig, seed: int) -> None:
     for i, shard in enumerate(shards, start=1):
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file({k: state[k] for k in shard}, str(out_dir / file), metadata={"format": "pt"})
-        weight_map.update({k: file for k in shard})
+        weight_map.update(dict.fromkeys(shard, file))
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from engine import MAX_FRAMES_LIMIT, SAMPLE_RATE, AudioChunk, SamplingParams, SynthesisRequest
-from engine.engine import Engine, Job
+from engine.serving.engine import Engine, Job
 from playground.state import AppState
 from playground.ui.figures import LiveFigures
 from playground.ui.stream import PcmStream

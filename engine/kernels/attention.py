@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from engine.kernels import LAUNCH, _after_previous
+from engine.kernels.launch import LAUNCH, after_previous
 
 
 def decode_splits(batch: int, kv_heads: int) -> int:
@@ -85,7 +85,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
                         num_kv_heads, HEAD_DIM, BLOCK)
     k_first = tl.load(k_ptr + at, mask=ahead, other=0.0)
     v_first = tl.load(v_ptr + at, mask=ahead, other=0.0)
-    _after_previous(PDL)
+    after_previous(PDL)
 
     g = tl.arange(0, GROUPS_PAD)
     d = tl.arange(0, HEAD_DIM)
@@ -120,7 +120,7 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, lse
 @triton.jit
 def _merge_splits_kernel(part_ptr, lse_ptr, out_ptr, num_heads,
                          NUM_SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     sp = tl.arange(0, NUM_SPLITS)
@@ -168,7 +168,7 @@ def _paged_prefill_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, tiles_ptr, out_ptr, s
                           GROUPS: tl.constexpr, GROUPS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                           BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
                           PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     tile = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     seq = tl.load(tiles_ptr + tile * 4)  # row of the block tables

@@ -17,12 +17,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.attention import (PrefillSegment, dense_attention, paged_decode_reference, prefill_attention,
-                              write_kv)
+from engine.ar.attention import PrefillSegment, dense_attention, paged_decode_reference, prefill_attention, write_kv
+from engine.ar.sampler import (
+    DRAW_FAST,
+    DRAW_SLOW,
+    DRAW_SLOW_RAS,
+    RAS_WINDOW,
+    BatchParams,
+    SamplingParams,
+    index_hash,
+    push_recent,
+    sample_fast,
+    sample_slow,
+)
 from engine.models.dual_ar import DualAR
-from engine.request import Sequence
-from engine.sampler import (DRAW_FAST, DRAW_SLOW, DRAW_SLOW_RAS, RAS_WINDOW, BatchParams, SamplingParams,
-                            index_hash, push_recent, sample_fast, sample_slow)
+from engine.serving.request import Sequence
 
 FAST_CACHE = 16  # fast-AR cache rows per sequence (10 codebook positions, padded for the kernel)
 
@@ -95,7 +104,7 @@ class ModelRunner:
         self._ignore_eos = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.decode_attention = paged_decode_reference
         if self.device.type == "cuda":
-            from engine.triton_attention import paged_decode_triton
+            from engine.kernels.attention import paged_decode_triton
             self.decode_attention = paged_decode_triton
         self.fused = self.device.type == "cuda" if fused is None else fused
         self.prefill_graphs = None  # prefill_graphs.PrefillGraphs, attached by the engine on CUDA
@@ -115,8 +124,8 @@ class ModelRunner:
         self._ignore_eos.fill_(int(value))
 
     def _init_fused(self) -> None:
-        from engine.fused_stack import FusedStack
-        from engine.triton_attention import paged_decode_triton, prefill_block_m
+        from engine.kernels.attention import paged_decode_triton, prefill_block_m
+        from engine.kernels.fused_stack import FusedStack
         self._paged = paged_decode_triton
         model, mc, dev = self.model, self.model.cfg, self.device
         t, a = mc.text, mc.audio
@@ -140,9 +149,9 @@ class ModelRunner:
         # Positions 0 (the slow hidden) and 1 (c0's embedding) both exist once c0 is drawn, so they run
         # as one pass of 2B rows (all position-0 rows, then all position-1 rows), each row attending to
         # its own causal prefix: the fast layers are read 9 times a frame instead of 10.
-        self.fast_pair = {b: tuple(torch.cat([t[0, :b], t[1, :b]]).contiguous()
-                                   for t in (self.fast_positions, self.fast_slots, lens))
-                          + (tables[:b].repeat(2, 1),) for b in range(1, self.cfg.max_batch + 1)}
+        self.fast_pair = {b: (*(torch.cat([t[0, :b], t[1, :b]]).contiguous()
+                                for t in (self.fast_positions, self.fast_slots, lens)),
+                              tables[:b].repeat(2, 1)) for b in range(1, self.cfg.max_batch + 1)}
 
     # -- per-sequence state ---------------------------------------------------------------
     def start_sequence(self, slot: int, params: SamplingParams) -> None:
@@ -210,7 +219,7 @@ class ModelRunner:
         tokens form one more run over the scratch block, each tile at positions from 0 (finite rows
         that only ever read and write the scratch block). `fixed`: block tables and tiles padded to
         the most any `pad_to`-token step can need (graph capture and replay)."""
-        from engine.triton_attention import prefill_tiles
+        from engine.kernels.attention import prefill_tiles
         cols, positions, slots = self._prompt_rows(items)
         pad = pad_to - len(cols)
         cols.extend([(0,) * (self.model.cfg.num_codebooks + 1)] * pad)
@@ -234,7 +243,7 @@ class ModelRunner:
     @torch.no_grad()
     def prefill_paged(self, inp: PrefillInputs) -> Tensor:
         """The fused prefill: hidden [N, dim] after the final norm."""
-        from engine.triton_attention import paged_prefill_triton
+        from engine.kernels.attention import paged_prefill_triton
         return self.slow_stack.forward(
             self.model.embed(inp.grid), inp.positions, inp.slot_mapping, self.k_pools, self.v_pools,
             lambda layer, q: paged_prefill_triton(q, self.k_pools[layer], self.v_pools[layer], inp.block_tables,
@@ -312,17 +321,17 @@ class ModelRunner:
 
     def _decode_frame_fused(self, inp: FrameInputs) -> Tensor:
         """decode_frame with the fused kernels: same draws, same outputs."""
-        from engine import kernels, projections
-        from engine.sampling_kernel import sample_into
+        from engine.kernels import linear, transformer
+        from engine.kernels.sampling import sample_into
         model, mc = self.model, self.model.cfg
         batch = inp.slots.shape[0]
         h = self.hidden[inp.slots]
         out = torch.empty((batch, mc.num_codebooks + 1), dtype=torch.long, device=self.device)
         assert DRAW_SLOW_RAS == DRAW_SLOW + 1
-        sample_into(projections.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
+        sample_into(linear.linear(h, self.slow_head), inp.slots, inp.frames, self.params, out, 0, DRAW_SLOW,
                     recent=self.recent, ignore_last=self._ignore_eos)  # column 0 and c0
         k_fast, v_fast, emb = self.k_fast_pools, self.v_fast_pools, model.audio_decoder.embeddings.weight
-        x = torch.cat([h, kernels.embed_rows(out[:, 1], emb)])  # positions 0 and 1 together
+        x = torch.cat([h, transformer.embed_rows(out[:, 1], emb)])  # positions 0 and 1 together
         positions, slots, lens, tables = self.fast_pair[batch]
         for pos in range(1, mc.num_codebooks):
             if pos == 1:  # 2B rows: the position-1 rows attend to the position-0 rows stored beside them
@@ -332,11 +341,11 @@ class ModelRunner:
             else:  # one row per sequence: the attention runs in the kernel that stores its k/v
                 hidden = self.fast_stack.forward(x, self.fast_positions[pos, :batch], self.fast_slots[pos, :batch],
                                                  k_fast, v_fast, None, window=FAST_CACHE)
-            sample_into(projections.linear(hidden[-batch:], model.audio_decoder.output.weight), inp.slots,
+            sample_into(linear.linear(hidden[-batch:], model.audio_decoder.output.weight), inp.slots,
                         inp.frames, self.params, out, pos + 1, DRAW_FAST + pos)  # position 0's output unused
             if pos < mc.num_codebooks - 1:
-                x = kernels.embed_rows(out[:, pos + 1], emb)
-        x = kernels.frame_embed(out, model.text_model.model.embeddings.weight,
+                x = transformer.embed_rows(out[:, pos + 1], emb)
+        x = transformer.frame_embed(out, model.text_model.model.embeddings.weight,
                                 model.audio_decoder.codebook_embeddings.weight, mc.semantic_start_token_id,
                                 mc.codebook_size, mc.eos_token_id)
         new_h = self.slow_stack.forward(

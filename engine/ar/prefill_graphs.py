@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from engine.request import Sequence
-from engine.runner import ModelRunner, PrefillInputs
+from engine.ar.runner import ModelRunner, PrefillInputs
+from engine.serving.request import Sequence
 
 log = logging.getLogger(__name__)
 

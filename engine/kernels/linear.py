@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from engine.kernels import LAUNCH, _after_previous, _silu_times, silu_mul
+from engine.kernels.launch import LAUNCH, after_previous
+from engine.kernels.transformer import silu_mul, silu_times
 
 
 @triton.jit
@@ -26,7 +27,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
     k = tl.arange(0, BLOCK_K)
     rows = w_ptr + n.to(tl.int64)[:, None] * K
     w = tl.load(rows + k[None, :], mask=n_mask[:, None], other=0.0)  # weights need not wait
-    _after_previous(PDL)
+    after_previous(PDL)
     acc = w.to(tl.float32) * tl.load(x_ptr + k).to(tl.float32)[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
@@ -36,7 +37,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
     if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
         g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(y_ptr + o, _silu_times(g, u, y_ptr.dtype.element_ty), mask=o < N // 2)
+        tl.store(y_ptr + o, silu_times(g, u, y_ptr.dtype.element_ty), mask=o < N // 2)
     else:
         tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
@@ -80,14 +81,14 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
     if PEEL:
         w0 = tl.load(rows + k[None, :], mask=n_mask[:, None], other=0.0)
         w1 = tl.load(rows + (BLOCK_K + k)[None, :], mask=n_mask[:, None], other=0.0)
-        _after_previous(PDL)
+        after_previous(PDL)
         x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=m_mask[:, None], other=0.0)
         acc = tl.dot(x, tl.trans(w0), acc, input_precision=PRECISION)
         x = tl.load(x_ptr + m[:, None] * K + (BLOCK_K + k)[None, :], mask=m_mask[:, None], other=0.0)
         acc = tl.dot(x, tl.trans(w1), acc, input_precision=PRECISION)
         start = 2 * BLOCK_K
     else:
-        _after_previous(PDL)
+        after_previous(PDL)
     for k0 in range(start, K, BLOCK_K):
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
         x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
@@ -95,7 +96,7 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
     if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
         g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
         o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(y_ptr + m[:, None] * (N // 2) + o[None, :], _silu_times(g, u, y_ptr.dtype.element_ty),
+        tl.store(y_ptr + m[:, None] * (N // 2) + o[None, :], silu_times(g, u, y_ptr.dtype.element_ty),
                  mask=m_mask[:, None] & (o < N // 2)[None, :])
     else:
         tl.store(y_ptr + m[:, None] * N + n[None, :], acc.to(y_ptr.dtype.element_ty),

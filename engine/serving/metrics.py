@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from engine.kv_cache import BlockManager
+from engine.serving.kv_cache import BlockManager
 
 FRAME_SECONDS = 2048 / 44100
 TTFB_BUCKETS_MS = (10, 25, 50, 100, 200, 400, 800, 1600, 3200, 6400)

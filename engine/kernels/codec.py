@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from engine.kernels import INTERPRET
+from engine.kernels.launch import INTERPRET
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 
 
@@ -84,7 +84,7 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
 
 
 @triton.jit
-def _snake(v, alpha_ptr, ch, ch_mask):
+def snake_channels(v, alpha_ptr, ch, ch_mask):
     return snake_value(v, tl.load(alpha_ptr + ch, mask=ch_mask, other=1.0)[None, :])
 
 
@@ -129,7 +129,7 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
             v = tl.load(x_ptr + (b * x_bstride + src * CIN)[:, None] + ci[None, :], mask=in_x, other=0.0)
             v = v.to(tl.float32) + tl.load(ctx_ptr + ctx_rows[:, None] + ci[None, :], mask=in_ctx, other=0.0)
         if SNAKE:
-            v = _snake(v, alpha_ptr, ci, ci_mask)
+            v = snake_channels(v, alpha_ptr, ci, ci_mask)
         w_at = w_ptr + (j * COUT + co)[None, :] * CIN + ci[:, None]  # [BLOCK_CI, BLOCK_CO], CIN-major
         if EVEN_CI and EVEN_CO:
             w = tl.load(w_at)
@@ -153,7 +153,7 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
     if RESIDUAL:
         acc += tl.load(res_ptr + out, mask=mask, other=0.0)
     if OUT_SNAKE:  # the next layer's Snake, once per output (stride-1 convs: channel = co)
-        acc = _snake(acc, out_alpha_ptr, co, co_mask)
+        acc = snake_channels(acc, out_alpha_ptr, co, co_mask)
     if TANH:
         acc = 1.0 - 2.0 / (tl.exp(2.0 * acc) + 1.0)
     tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
@@ -170,7 +170,7 @@ def _snake_after_context_kernel(x_ptr, ctx_ptr, alpha_ptr, out_ptr, T, L, C, ctx
     from_ctx = (i < L)[:, None] & c_mask[None, :]
     from_x = ((i >= L) & (i < L + T))[:, None] & c_mask[None, :]
     v = tl.load(x_ptr + (b * T + i - L)[:, None] * C + c[None, :], mask=from_x, other=0.0)
-    v = _snake(v, alpha_ptr, c, c_mask)
+    v = snake_channels(v, alpha_ptr, c, c_mask)
     v = tl.where(from_ctx, tl.load(ctx_ptr + b * ctx_bstride + i[:, None] * C + c[None, :], mask=from_ctx,
                                    other=0.0), v)
     tl.store(out_ptr + (b * (L + T) + i)[:, None] * C + c[None, :], v.to(out_ptr.dtype.element_ty),
@@ -234,7 +234,7 @@ def _alpha(snake: Snake1d | None) -> Tensor | None:
     return None if snake is None else snake.alpha.detach().flatten().contiguous()
 
 
-def _plan(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, out_snake: Snake1d | None = None,
+def plan_conv(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, out_snake: Snake1d | None = None,
           tanh: bool = False, operands: torch.dtype = torch.float16) -> ConvPlan:
     weight, bias = conv_weights(module)
     is_conv = isinstance(module, CausalConv1d)
@@ -289,7 +289,7 @@ def conv_tiles(rows: int, cin: int, cout: int, taps: int, operand_bytes: int) ->
     return ConvTiles(block_r, block_ci, block_co, split, warps, 3)
 
 
-def _launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, residual: Tensor | None,
+def launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, residual: Tensor | None,
                  y: Tensor, split: int | None = None, one_source: bool = False) -> None:
     """one_source: ctx is [B, L + T, C_in] with x as its last T rows (one buffer, one load per tile)."""
     batch, length, cin = x.shape

@@ -21,8 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from engine.models.codec import Codec, Decoder, DecoderBlock, ResidualUnit
-from engine.models.codec_layers import (CausalConv1d, CausalConvTranspose1d, ConvNeXtBlock, Snake1d,
-                                        WindowCache, WindowedTransformer)
+from engine.models.codec_layers import (
+    CausalConv1d,
+    CausalConvTranspose1d,
+    ConvNeXtBlock,
+    Snake1d,
+    WindowCache,
+    WindowedTransformer,
+)
 
 _STATELESS = (Snake1d, nn.Tanh, nn.Identity)
 _CONTAINERS = (nn.Sequential, Decoder, DecoderBlock)

@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.fused_decoder import FusedDecoder
-from engine.fused_stack import fuse_gate_up
-from engine.kernels import add_rmsnorm, silu_mul
+from engine.kernels.fused_stack import fuse_gate_up
+from engine.kernels.transformer import add_rmsnorm, silu_mul
+from engine.kernels.window_attention import window_attention
 from engine.models.codec import Codec
 from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
-from engine.vocoder import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
-from engine.window_attention import window_attention
+from engine.vocoder.fused_decoder import FusedDecoder
+from engine.vocoder.stream_decode import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class SlotVocoder:
         gathered = self.state[:, self.gathered_from:]
         rows = gathered.index_select(0, slots)  # [B, S'], advanced in place by the layers
         pos = self.positions.index_select(0, slots)  # [B]
-        step = lambda module, x: self._step(module, x, rows, slots, pos)  # noqa: E731
+        step = lambda module, x: self._step(module, x, rows, slots, pos)
         if self.fused is None:
             audio = stream_decode(self.codec, codes, step)
         else:

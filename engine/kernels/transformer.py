@@ -11,48 +11,30 @@ instead of ~45: at decode batch sizes the time goes to kernel count, not arithme
     frame_embed    the slow AR's input for a decode frame from (slow column, 10 codes)
     embed_rows     the fast AR's input embedding of the code just drawn
 
-The projections of decode batch sizes live in projections.py, the sampling kernel in sampling_kernel.py.
+The projections of decode batch sizes live in linear.py, the sampling kernel in sampling.py.
 
 Tested against the torch modules (tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# Programmatic dependent launch (Hopper and later): a kernel is launched while the one before it is
-# still finishing, loads what does not depend on it (weights), then waits for it (gdc_wait). This hides
-# the launch gap and the ramp-up of each of the ~750 small kernels of a frame, also inside CUDA graphs.
-PDL = False
-if not INTERPRET and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
-    try:
-        from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-        PDL = True
-    except ImportError:
-        pass
-LAUNCH = {"launch_pdl": True, "PDL": True} if PDL else {"PDL": False}
-# a product then a sum, each rounded as torch rounds them (no fused multiply-add)
+from engine.kernels.launch import INTERPRET, LAUNCH, after_previous
+
+# a product then a sum, each rounded as torch rounds them (no fused multiply-add); Triton's
+# interpreter takes no compile options
 NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
-
-
-@triton.jit
-def _after_previous(PDL: tl.constexpr):
-    """Wait for the previous kernel's writes; let the next kernel start launching."""
-    if PDL:
-        gdc_wait()
-        gdc_launch_dependents()
 
 
 @triton.jit
 def _add_rmsnorm_kernel(x_ptr, d_ptr, s_ptr, h_ptr, out_ptr, w_ptr, dim, eps, HAS_DELTA: tl.constexpr,
                         HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < dim
@@ -95,7 +77,7 @@ def _rotate(even, odd, cos, sin, dt: tl.constexpr):
 def _qk_rope_write_kernel(qkv_ptr, qw_ptr, kw_ptr, rope_ptr, pos_ptr, slot_ptr, q_ptr, k_pool, v_pool,
                           eps, n_head, n_kv,
                           QK_NORM: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     dim: tl.constexpr = 2 * HALF
@@ -168,7 +150,7 @@ def _rope_write_attend_kernel(qkv_ptr, rope_ptr, pos_ptr, slot_ptr, k_pool, v_po
     v = tl.load(v_pool + at + d[None, :], mask=old, other=0.0).to(tl.float32)
     cos = tl.load(rope_ptr + pos * dim + 2 * i)
     sin = tl.load(rope_ptr + pos * dim + 2 * i + 1)
-    _after_previous(PDL)
+    after_previous(PDL)
     src = qkv_ptr + row * (n_head + 2 * n_kv) * dim
     dt = out_ptr.dtype.element_ty
     even = tl.load(src + (n_head + kvh) * dim + 2 * i).to(tl.float32)
@@ -214,7 +196,7 @@ def rope_write_attend(qkv: Tensor, rope: Tensor, positions: Tensor, slots: Tenso
 
 
 @triton.jit
-def _silu_times(g, u, dt: tl.constexpr):
+def silu_times(g, u, dt: tl.constexpr):
     """silu(g) * u with the module path's rounding: g and u in dt, silu rounded to dt, product in dt."""
     g = g.to(dt).to(tl.float32)
     gate = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
@@ -223,14 +205,14 @@ def _silu_times(g, u, dt: tl.constexpr):
 
 @triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, hidden, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < hidden
     two = tl.arange(0, 2)
     gu = tl.load(gu_ptr + row * 2 * hidden + (2 * cols)[:, None] + two[None, :], mask=mask[:, None], other=0.0)
     g, u = tl.split(gu)  # one contiguous [BLOCK, 2] load (two strided loads were 1.8 µs slower a call)
-    tl.store(out_ptr + row * hidden + cols, _silu_times(g, u, out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * hidden + cols, silu_times(g, u, out_ptr.dtype.element_ty), mask=mask)
 
 
 def silu_mul(gu: Tensor) -> Tensor:
@@ -249,7 +231,7 @@ def silu_mul(gu: Tensor) -> Tensor:
 def _frame_embed_kernel(grid_ptr, grid_stride, tok_emb, cb_emb, out_ptr, dim, scale,
                         sem_start, codebook_size, eos_id,
                         NUM_CODEBOOKS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < dim
@@ -283,7 +265,7 @@ def frame_embed(frame: Tensor, tok_emb: Tensor, cb_emb: Tensor, sem_start: int, 
 
 @triton.jit
 def _embed_rows_kernel(ids_ptr, ids_stride, w_ptr, out_ptr, dim, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < dim

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from engine.kernels import LAUNCH, _after_previous
+from engine.kernels.launch import LAUNCH, after_previous
 
 
 @triton.jit
@@ -73,7 +73,7 @@ def _sample_kernel(logits_ptr, stride_l, vocab, slots_ptr, frames_ptr, temp_ptr,
                    ras_ptr, seed_ptr, recent_ptr, out_ptr, stride_o, out_col, draw, ignore_ptr,
                    SLOW: tl.constexpr, WINDOW: tl.constexpr, BLOCK_V: tl.constexpr, SHIFT: tl.constexpr,
                    PDL: tl.constexpr):
-    _after_previous(PDL)
+    after_previous(PDL)
     row = tl.program_id(0).to(tl.int64)
     idx = tl.arange(0, BLOCK_V)
     valid = idx < vocab

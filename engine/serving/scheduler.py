@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.kv_cache import BlockManager
-from engine.request import Sequence, Status
+from engine.serving.kv_cache import BlockManager
+from engine.serving.request import Sequence, Status
 
 
 @dataclass

@@ -10,7 +10,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from engine.sampler import SamplingParams
+from engine.ar.sampler import SamplingParams
 
 MAX_TEXT_CHARS = 20_000  # of the text, and of each reference transcript
 MAX_FRAMES_LIMIT = 32_768

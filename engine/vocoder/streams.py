@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.batched_vocoder import SlotVocoder
 from engine.models.codec import Codec
+from engine.vocoder.rows import SlotVocoder
 
 log = logging.getLogger(__name__)
 

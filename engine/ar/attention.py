@@ -72,7 +72,7 @@ def _segment_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, seg: PrefillSe
 def paged_decode_reference(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor,
                            context_lens: Tensor) -> Tensor:
     """One query token per sequence. q [B, H, D], block_tables [B, M], context_lens [B] -> [B, H, D]."""
-    batch, heads, dim = q.shape
+    _batch, heads, _dim = q.shape
     kv_heads = k_pool.shape[2]
     k = k_pool[block_tables].flatten(1, 2)  # [B, M*bs, KVH, D]
     v = v_pool[block_tables].flatten(1, 2)

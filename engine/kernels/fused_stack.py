@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from engine import kernels, projections
 from engine.config import TransformerConfig
+from engine.kernels import linear, transformer
 from engine.models.layers import RMSNorm
 
 
@@ -73,15 +73,15 @@ class FusedStack:
         eps = c.norm_eps
         h, delta = x, None
         for i, layer in enumerate(self.layers):
-            h, n = kernels.add_rmsnorm(h, delta, layer.attn_norm, eps)
-            qkv = projections.linear(n, layer.wqkv)
+            h, n = transformer.add_rmsnorm(h, delta, layer.attn_norm, eps)
+            qkv = linear.linear(n, layer.wqkv)
             if window:
-                a = kernels.rope_write_attend(qkv, self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head,
+                a = transformer.rope_write_attend(qkv, self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head,
                                               c.n_local_heads, window)
             else:
-                a = attend(i, kernels.qk_rope_write(qkv, layer.q_norm, layer.k_norm, eps, self.rope, positions,
+                a = attend(i, transformer.qk_rope_write(qkv, layer.q_norm, layer.k_norm, eps, self.rope, positions,
                                                     slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads))
-            delta = projections.linear(a.flatten(1), layer.wo)
-            h, n = kernels.add_rmsnorm(h, delta, layer.ffn_norm, eps)
-            delta = projections.linear(projections.linear(n, layer.w13, swiglu=True), layer.w2)
-        return kernels.add_rmsnorm(h, delta, self.final_norm, eps)[1]
+            delta = linear.linear(a.flatten(1), layer.wo)
+            h, n = transformer.add_rmsnorm(h, delta, layer.ffn_norm, eps)
+            delta = linear.linear(linear.linear(n, layer.w13, swiglu=True), layer.w2)
+        return transformer.add_rmsnorm(h, delta, self.final_norm, eps)[1]

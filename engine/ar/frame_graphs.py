@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from engine.request import Sequence
-from engine.runner import FrameInputs, ModelRunner
+from engine.ar.runner import FrameInputs, ModelRunner
+from engine.serving.request import Sequence
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from engine.admission import EngineUnhealthy
-from engine.engine import Engine, Event
-from engine.metrics import EngineMetrics
-from engine.request import SynthesisRequest
-from engine.sampler import SamplingParams
-from engine.watchdog import Hang, Watchdog, exit_process
+from engine.ar.sampler import SamplingParams
+from engine.serving.admission import EngineUnhealthy
+from engine.serving.engine import Engine, Event
+from engine.serving.metrics import EngineMetrics
+from engine.serving.request import SynthesisRequest
+from engine.serving.watchdog import Hang, Watchdog, exit_process
 
 log = logging.getLogger(__name__)
 

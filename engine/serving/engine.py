@@ -19,18 +19,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from engine.admission import EngineBusy, QueueRate, retry_after_s
-from engine.audio_streams import AudioStreams
-from engine.engine_config import EngineConfig
-from engine.kv_cache import BlockManager
+from engine.ar.runner import ModelRunner, RunnerConfig
+from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
-from engine.memory_plan import MemoryPlan, block_bytes, device_bytes, kv_blocks
-from engine.metrics import EngineMetrics, RequestTimes
 from engine.prompt import Reference, build_prompt, split_text
-from engine.request import Sequence, Status, SynthesisRequest, new_request_id, now
-from engine.runner import ModelRunner, RunnerConfig
-from engine.sampler import SamplingParams
-from engine.scheduler import Scheduler
+from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
+from engine.serving.engine_config import EngineConfig
+from engine.serving.kv_cache import BlockManager
+from engine.serving.memory_plan import MemoryPlan, block_bytes, device_bytes, kv_blocks
+from engine.serving.metrics import EngineMetrics, RequestTimes
+from engine.serving.request import Sequence, Status, SynthesisRequest, new_request_id, now
+from engine.serving.scheduler import Scheduler
+from engine.vocoder.streams import AudioStreams
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,10 @@ class Engine:
         cfg = self.cfg
         self.graphs = None
         if cfg.cuda_graphs and self.loaded.device.type == "cuda":
-            from engine.cuda_graphs import FrameGraphs
+            from engine.ar.frame_graphs import FrameGraphs
             self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
             if self.runner.fused and cfg.prefill_graph_tokens:
-                from engine.prefill_graphs import PrefillGraphs
+                from engine.ar.prefill_graphs import PrefillGraphs
                 self.runner.prefill_graphs = PrefillGraphs(self.runner, cfg.prefill_graph_tokens)
 
     # -- requests ---------------------------------------------------------------------------
@@ -319,7 +319,7 @@ class Engine:
             if int(row[0]) == eos_col:
                 ended.append((job, "eos"))
                 continue
-            seq.frames.append((sem_start + int(row[0]),) + tuple(int(c) for c in row[1:]))
+            seq.frames.append((sem_start + int(row[0]), *tuple(int(c) for c in row[1:])))
             job.frames_left -= 1
             job.frames_done += 1
             job.times.frame(now())

@@ -27,8 +27,16 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from engine.codec_kernels import ConvPlan, _launch_conv, _plan, _snake, counters, roll_context, snake_after_context
-from engine.kernels import INTERPRET
+from engine.kernels.codec import (
+    ConvPlan,
+    counters,
+    launch_conv,
+    plan_conv,
+    roll_context,
+    snake_after_context,
+    snake_channels,
+)
+from engine.kernels.launch import INTERPRET
 from engine.models.codec import Decoder
 
 
@@ -48,11 +56,11 @@ def _unit_out(o, co, co_mask, r, r_mask, b, t, C, b1_ptr, res_ptr, y_ptr, out_al
     o += tl.load(b1_ptr + co, mask=co_mask, other=0.0)[None, :]
     o += tl.load(res_ptr + r.to(tl.int64)[:, None] * C + co[None, :], mask=mask, other=0.0)
     if STORE_Y:
-        y = _snake(o, out_alpha_ptr, co, co_mask) if OUT_SNAKE else o
+        y = snake_channels(o, out_alpha_ptr, co, co_mask) if OUT_SNAKE else o
         tl.store(y_ptr + r.to(tl.int64)[:, None] * C + co[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
     if NEXT:
         at = (b * next_bstride + (next_L + t) * C)[:, None] + co[None, :]
-        tl.store(next_ptr + at, _snake(o, next_alpha_ptr, co, co_mask).to(next_ptr.dtype.element_ty), mask=mask)
+        tl.store(next_ptr + at, snake_channels(o, next_alpha_ptr, co, co_mask).to(next_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -87,10 +95,11 @@ def _unit_kernel(buf_ptr, w7_ptr, b7_ptr, alpha_ptr, w1_ptr, b1_ptr, res_ptr, y_
             acc_b = _dot_part(v, w7_ptr + j * C * C, ci, ci_mask, cb, cb_mask, C, acc_b, PRECISION)
     # the second Snake, rounded to the operand type as the two-kernel path stores it
     dtype = w1_ptr.dtype.element_ty
-    h_a = _snake(acc_a + tl.load(b7_ptr + ca, mask=ca_mask, other=0.0)[None, :], alpha_ptr, ca, ca_mask).to(dtype)
+    h_a = snake_channels(acc_a + tl.load(b7_ptr + ca, mask=ca_mask, other=0.0)[None, :], alpha_ptr, ca,
+                         ca_mask).to(dtype)
     o_a = _dot_part(h_a, w1_ptr, ca, ca_mask, ca, ca_mask, C, tl.zeros((BLOCK_R, PART_A), tl.float32), PRECISION)
     if PART_B > 0:
-        h_b = _snake(acc_b + tl.load(b7_ptr + cb, mask=cb_mask, other=0.0)[None, :], alpha_ptr, cb, cb_mask)
+        h_b = snake_channels(acc_b + tl.load(b7_ptr + cb, mask=cb_mask, other=0.0)[None, :], alpha_ptr, cb, cb_mask)
         h_b = h_b.to(dtype)
         o_a = _dot_part(h_b, w1_ptr, cb, cb_mask, ca, ca_mask, C, o_a, PRECISION)
         o_b = _dot_part(h_a, w1_ptr, ca, ca_mask, cb, cb_mask, C, tl.zeros((BLOCK_R, PART_B_PAD), tl.float32),
@@ -166,7 +175,7 @@ class FusedDecoder:
         input] once."""
         if operands not in (torch.float16, torch.float32):
             raise ValueError(f"the codec convs take float16 or float32 operands, not {operands}")
-        plan = functools.partial(_plan, operands=operands)
+        plan = functools.partial(plan_conv, operands=operands)
         layers = list(decoder.model)
         blocks = [block.block for block in layers[1:-3]]
         self.first = plan(layers[0], None, out_snake=blocks[0][0])
@@ -257,7 +266,7 @@ class FusedDecoder:
         # snaked for the next conv, which reads it in its operand type; else float32
         dtype = plan.weight.dtype if plan.out_alpha is not None else torch.float32
         y = torch.empty(batch, length, cout, dtype=dtype, device=x.device)
-        _launch_conv(plan, x, ctx, alpha, residual, y, one_source=one_source)
+        launch_conv(plan, x, ctx, alpha, residual, y, one_source=one_source)
         if plan.context:
             if buffer is not None:  # the context is the conv's (snaked) input
                 self._keep_context(plan, buffer, contexts)
