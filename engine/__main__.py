@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.ar.sampler import SamplingParams
 from engine.audio import encode_audio, load_audio
 from engine.checkpoint import resolve_model_path
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
+from engine.params import SamplingParams
 from engine.prompt import Reference, build_prompt
 from engine.reference import generate
 from engine.serving.engine import Engine

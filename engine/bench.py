@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from engine import capacity
-from engine.ar.sampler import SamplingParams
 from engine.config import ModelConfig, s2_pro_config, tiny_config
 from engine.loader import LoadedModel, codec_dtype, pick_device
 from engine.models.codec import Codec, CodecConfig
 from engine.models.dual_ar import DualAR
+from engine.params import SamplingParams
 from engine.serving.async_engine import AsyncEngine
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig

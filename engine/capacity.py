@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.ar.sampler import SamplingParams
+from engine.params import SamplingParams
 from engine.serving.admission import EngineBusy
 from engine.serving.async_engine import AsyncEngine
 from engine.serving.metrics import FRAME_SECONDS

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.params import RequestError
 from engine.tokenizer import SPEAKER_TAG, SpecialIds, TextTokenizer
 
 NUM_CODEBOOKS = 10
@@ -48,20 +49,20 @@ class Reference:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
-            raise ValueError(f"reference text must be a string, got {type(self.text).__name__}")
+            raise RequestError("references", f"reference text must be a string, got {type(self.text).__name__}")
         check_codes(self.codes, "reference codes")
 
 
 def check_codes(codes: Tensor, what: str) -> None:
-    """Raise ValueError unless codes is a LongTensor [10, N ≥ 1] with every value in 0..4095."""
+    """Raise RequestError("references") unless codes is a LongTensor [10, N ≥ 1] with every value in 0..4095."""
     if not isinstance(codes, Tensor):
-        raise ValueError(f"{what} must be a torch tensor, got {type(codes).__name__}")
+        raise RequestError("references", f"{what} must be a torch tensor, got {type(codes).__name__}")
     if codes.dtype != torch.long or codes.dim() != 2 or codes.shape[0] != NUM_CODEBOOKS or codes.shape[1] < 1:
-        raise ValueError(f"{what} must be a torch.long tensor of shape [{NUM_CODEBOOKS}, N ≥ 1], "
+        raise RequestError("references", f"{what} must be a torch.long tensor of shape [{NUM_CODEBOOKS}, N ≥ 1], "
                          f"got {tuple(codes.shape)} {codes.dtype}")
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= CODE_LIMIT:
-        raise ValueError(f"{what} must lie in 0..{CODE_LIMIT - 1}, got values {low}..{high}")
+        raise RequestError("references", f"{what} must lie in 0..{CODE_LIMIT - 1}, got values {low}..{high}")
 
 
 def audio_columns(special: SpecialIds, codes: Tensor) -> Tensor:
@@ -80,7 +81,7 @@ def build_prompt(tok: TextTokenizer, text: str, references: Sequence[Reference] 
     `history` holds already-synthesized chunks of the same long text as (chunk text, codes [10, n]).
     """
     if not text.strip():
-        raise ValueError("text is empty: nothing to synthesize")
+        raise RequestError("text", "text is empty: nothing to synthesize")
     special = tok.special
     parts = _message(tok, "system", _system_parts(tok, references))
     for i, (chunk_text, codes) in enumerate(history):
@@ -91,7 +92,7 @@ def build_prompt(tok: TextTokenizer, text: str, references: Sequence[Reference] 
     parts += [_ids([special.im_start]), _text(tok, "assistant\n"), _ids([special.voice])]
     grid = torch.cat(parts, dim=1)
     if grid.shape[1] > prompt_limit:
-        raise ValueError(f"prompt is {grid.shape[1]} tokens, over the limit of {prompt_limit}: use shorter "
+        raise RequestError("text", f"prompt is {grid.shape[1]} tokens, over the limit of {prompt_limit}: use shorter "
                          "or fewer reference clips, shorter text, or less history")
     return grid
 
@@ -195,7 +196,7 @@ def _speaker_number(match: re.Match[str]) -> int:
     # The tag is carried into every chunk of its turn, so it must stay short; int() of thousands of
     # digits is also slow (and refused past 4,300 digits).
     if len(digits) > MAX_SPEAKER_DIGITS:
-        raise ValueError(f"text has a speaker tag with a {len(digits)}-digit number at character "
+        raise RequestError("text", f"text has a speaker tag with a {len(digits)}-digit number at character "
                          f"{match.start() + 1}; speaker numbers have at most {MAX_SPEAKER_DIGITS} digits")
     return int(digits)
 

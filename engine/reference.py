@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from engine.ar.sampler import RAS_WINDOW, BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+from engine.ar.sampler import RAS_WINDOW, BatchParams, push_recent, sample_fast, sample_slow
 from engine.models.dual_ar import DualAR
 from engine.models.layers import sdpa_gqa
+from engine.params import SamplingParams
 
 
 @dataclass

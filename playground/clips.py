@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine import AudioError, DecodedClip, is_silent, load_clip
-
-MIN_CLIP_SECONDS, MAX_CLIP_SECONDS = 1.0, 30.0
+from engine import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS, AudioError, DecodedClip, is_silent, load_clip
 
 
 def read_clip(source: bytes | str | Path) -> DecodedClip:
     """The clip, or AudioError saying what is wrong with it. Blocking: run it in a worker thread."""
-    clip = load_clip(source, min_seconds=MIN_CLIP_SECONDS, max_seconds=MAX_CLIP_SECONDS)
+    clip = load_clip(source, min_seconds=MIN_REFERENCE_SECONDS, max_seconds=MAX_REFERENCE_SECONDS)
     if is_silent(clip.samples):
         raise AudioError("The clip is silent (below -60 dBFS): record again closer to the microphone, "
                          "or check the input level.")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine.ar.attention import paged_decode_reference
-from engine.ar.sampler import SamplingParams
 from engine.loader import load_model_dir
+from engine.params import SamplingParams
 from engine.reference import generate
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig

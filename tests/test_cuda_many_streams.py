@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.ar.sampler import SamplingParams
 from engine.bench import build, make_prompt
 from engine.capacity import capacity_round
 from engine.loader import LoadedModel, load_model_dir
+from engine.params import SamplingParams
 from engine.serving.async_engine import AsyncEngine
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig

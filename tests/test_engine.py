@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
+from engine.params import SamplingParams
 from engine.reference import generate
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig

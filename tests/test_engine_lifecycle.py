@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
+from engine.params import SamplingParams
 from engine.prompt import Reference, build_prompt, split_text
 from engine.reference import generate
 from engine.serving.async_engine import AsyncEngine

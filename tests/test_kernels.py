@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from engine.ar.attention import PrefillSegment, paged_decode_reference, prefill_attention
-from engine.ar.sampler import BatchParams, SamplingParams, push_recent, sample_fast, sample_slow
+from engine.ar.sampler import BatchParams, push_recent, sample_fast, sample_slow
 from engine.kernels import codec as codec_kernels
 from engine.kernels import transformer as kernels
 from engine.kernels.attention import paged_decode_triton, paged_prefill_triton, prefill_block_m, prefill_tiles
 from engine.kernels.sampling import sample_into
 from engine.models.codec_layers import LayerScale
 from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
+from engine.params import SamplingParams
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig
 from tests.test_engine import random_prompt, run_engine

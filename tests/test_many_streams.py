@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
+from engine.params import SamplingParams
 from engine.reference import generate
 from engine.serving.admission import EngineBusy
 from engine.serving.engine import Engine

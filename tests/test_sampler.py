@@ -4,7 +4,6 @@ import torch
 from engine.ar.sampler import (
     RAS_WINDOW,
     BatchParams,
-    SamplingParams,
     exponential_noise,
     filtered_probs,
     push_recent,
@@ -12,6 +11,7 @@ from engine.ar.sampler import (
     sample_fast,
     sample_slow,
 )
+from engine.params import SamplingParams
 
 
 def params(**kw) -> BatchParams:

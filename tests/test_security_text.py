@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
+from engine.params import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH
 from engine.prompt import MAX_SPEAKER_DIGITS, split_text
-from engine.serving.request import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, ReferenceInput, SynthesisRequest
+from engine.serving.request import ReferenceInput, SynthesisRequest
 from engine.tokenizer import SPEAKER_TAG, TextTokenizer
 from playground.api.synthesis import param_of
 from playground.tags import find_tags, lint

@@ -25,6 +25,7 @@ from engine.prompt import split_text
 from engine.serving.async_engine import AsyncEngine
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig
+from engine.serving.request import ChunkDone
 from playground.ui.output import OutputOptions
 from playground.ui.take import GenSettings, chunk_bounds, collect, regenerate_chunk, splice
 from playground.ui.text import load_examples
@@ -265,13 +266,13 @@ def test_splice_shifts_later_chunks() -> None:
 
 
 def test_chunk_bounds_follow_the_engine_chunks() -> None:
-    job = SimpleNamespace(history=[("One.", np.zeros((10, 3))), ("Two.", np.zeros((10, 2)))])
-    assert chunk_bounds(job, "One. Two.", 5 * HOP, HOP) == [
+    done = [ChunkDone(0, "One.", 0, 3), ChunkDone(1, "Silent.", 3, 3), ChunkDone(2, "Two.", 3, 5)]
+    assert chunk_bounds(done, "One. Silent. Two.", 5 * HOP, HOP) == [  # a chunk without frames is left out
         {"text": "One.", "start_sample": 0, "end_sample": 3 * HOP},
         {"text": "Two.", "start_sample": 3 * HOP, "end_sample": 5 * HOP}]
     whole = [{"text": "One. Two.", "start_sample": 0, "end_sample": 4 * HOP}]
-    assert chunk_bounds(job, " One. Two.", 4 * HOP, HOP) == whole  # lengths disagree: one chunk
-    assert chunk_bounds(None, "One. Two.", 4 * HOP, HOP) == whole
+    assert chunk_bounds(done, " One. Two.", 4 * HOP, HOP) == whole  # lengths disagree: one chunk
+    assert chunk_bounds([], "One. Two.", 4 * HOP, HOP) == whole
 
 
 def test_settings_map_every_control_onto_the_request() -> None:

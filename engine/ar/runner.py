@@ -24,13 +24,13 @@ from engine.ar.sampler import (
     DRAW_SLOW_RAS,
     RAS_WINDOW,
     BatchParams,
-    SamplingParams,
     index_hash,
     push_recent,
     sample_fast,
     sample_slow,
 )
 from engine.models.dual_ar import DualAR
+from engine.params import SamplingParams
 from engine.serving.request import Sequence
 
 FAST_CACHE = 16  # fast-AR cache rows per sequence (10 codebook positions, padded for the kernel)

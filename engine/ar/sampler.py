@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.params import SamplingParams
+
 RAS_WINDOW = 10
 RAS_TEMPERATURE = 1.0
 RAS_TOP_P = 0.9
@@ -24,25 +26,6 @@ RAS_TOP_P = 0.9
 DRAW_SLOW, DRAW_SLOW_RAS, DRAW_FAST = 0, 1, 2  # fast codebook k uses DRAW_FAST + k
 DRAWS_PER_FRAME = 16
 _MASK32 = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.8
-    top_p: float = 0.8
-    top_k: int = 30
-    ras: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 1 <= self.top_k <= 4096:
-            raise ValueError(f"top_k must be in [1, 4096], got {self.top_k}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
 
 
 def _hash32(x: Tensor) -> Tensor:

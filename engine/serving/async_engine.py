@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from engine.ar.sampler import SamplingParams
+from engine.params import SamplingParams
 from engine.serving.admission import EngineUnhealthy
 from engine.serving.engine import Engine, Event
 from engine.serving.metrics import EngineMetrics
-from engine.serving.request import SynthesisRequest
+from engine.serving.request import ChunkDone, SynthesisRequest
 from engine.serving.watchdog import Hang, Watchdog, exit_process
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AudioChunk:
-    """A piece of one request's output; the last one has `finished` set and the final figures."""
+    """A piece of one request's output; the last one has `finished` set and the final figures.
+
+    The first chunk of a stream carries no audio: it tells the request id and `text_chunks`, the text
+    chunks the request is spoken in, before any audio. A chunk with `chunk_done` closes that text chunk.
+    """
 
     request_id: int
     pcm: np.ndarray  # float32 mono, may be empty
@@ -45,6 +49,8 @@ class AudioChunk:
     reason: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     chunk_index: int = 0  # which text chunk this audio belongs to
+    text_chunks: tuple[str, ...] | None = None  # set on the first chunk only
+    chunk_done: ChunkDone | None = None  # the text chunk that ended here (its text and frame span)
 
 
 class AsyncEngine:
@@ -180,9 +186,15 @@ class AsyncEngine:
     async def run(self, fn: Callable[[Engine], Any]) -> Any:
         return await asyncio.wrap_future(self.call(fn))
 
+    async def encode_reference(self, samples: np.ndarray) -> np.ndarray:
+        """Codec codes [10, N] int64 of mono 44.1 kHz reference samples (cached by content)."""
+        codes = await self.run(lambda engine: engine.encode_audio(np.asarray(samples, dtype=np.float32)))
+        return codes.numpy()
+
     def stream(self, req: SynthesisRequest, on_added: Callable[[int], None] | None = None
                ) -> AsyncGenerator[AudioChunk, None]:
-        """Submit `req` and yield its audio as it is made. Raises ValueError for bad input, EngineBusy
+        """Submit `req` and yield its audio as it is made: first a chunk without audio that tells the
+        request id and its text chunks, then audio. Raises RequestError (a ValueError) for bad input, EngineBusy
         when the waiting queue is full, EngineUnhealthy when the engine stopped serving (also in the
         middle of a stream), RuntimeError when a step failed. on_added(request_id) runs as soon as the
         request is queued (for queue_position)."""
@@ -198,23 +210,24 @@ class AsyncEngine:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
-        def add(engine: Engine) -> int:
+        def add(engine: Engine) -> tuple[int, list[str]]:
             rid = add_to(engine)
             self._listeners[rid] = (loop, events)  # registered before any step can emit for rid
-            return rid
+            return rid, engine.text_chunks(rid)
 
         fut = self.call(add)
         try:
-            rid = await asyncio.shield(asyncio.wrap_future(fut))
+            rid, text_chunks = await asyncio.shield(asyncio.wrap_future(fut))
         except asyncio.CancelledError:
             # Cancelled while the request was being added: make sure it does not run unheard.
             fut.add_done_callback(lambda f: f.exception() is None and self.call(
-                lambda engine: self._drop(engine, f.result())))
+                lambda engine: self._drop(engine, f.result()[0])))
             raise
         if on_added is not None:
             on_added(rid)
         finished = False
         try:
+            yield AudioChunk(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), text_chunks=tuple(text_chunks))
             while True:
                 ev = await events.get()
                 if ev.finished:
@@ -224,11 +237,11 @@ class AsyncEngine:
                     if ev.reason == "error":
                         raise RuntimeError(ev.error or "generation failed")
                     yield AudioChunk(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), True,
-                                     ev.reason, self._stats(ev))
+                                     ev.reason, self._stats(ev), ev.chunk_index, chunk_done=ev.chunk_done)
                     return
                 yield AudioChunk(rid, ev.pcm if ev.pcm is not None else np.zeros(0, np.float32),
                                  ev.codes if ev.codes is not None else np.zeros((10, 0), np.int64),
-                                 chunk_index=ev.chunk_index)
+                                 chunk_index=ev.chunk_index, chunk_done=ev.chunk_done)
         finally:
             if not finished:
                 self.call(lambda engine: self._drop(engine, rid))

@@ -20,15 +20,15 @@ import torch
 from torch import Tensor
 
 from engine.ar.runner import ModelRunner, RunnerConfig
-from engine.ar.sampler import SamplingParams
 from engine.loader import LoadedModel
+from engine.params import RequestError, SamplingParams
 from engine.prompt import Reference, build_prompt, split_text
 from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
 from engine.serving.engine_config import EngineConfig
 from engine.serving.kv_cache import BlockManager
 from engine.serving.memory_plan import MemoryPlan, block_bytes, device_bytes, kv_blocks
 from engine.serving.metrics import EngineMetrics, RequestTimes
-from engine.serving.request import Sequence, Status, SynthesisRequest, new_request_id, now
+from engine.serving.request import ChunkDone, Sequence, Status, SynthesisRequest, new_request_id, now
 from engine.serving.scheduler import Scheduler
 from engine.vocoder.streams import AudioStreams
 
@@ -47,6 +47,7 @@ class Event:
     error: str | None = None
     chunk_index: int = 0
     stats: dict[str, float | int | None] | None = None  # final figures, on the finishing event
+    chunk_done: ChunkDone | None = None  # the text chunk that ended with this event
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Job:
     history: list[tuple[str, Tensor]] = field(default_factory=list)
     seq: Sequence | None = None
     frames_done: int = 0
+    chunk_start: int = 0  # the frame the current text chunk starts at
 
 
 class Engine:
@@ -146,7 +148,7 @@ class Engine:
         refs = [Reference(r.text, self._reference_codes(r)) for r in req.references]
         chunks = split_text(req.text, req.chunk_length) if req.chunk_length else [req.text.strip()]
         if not chunks:
-            raise ValueError("text has nothing to speak (only tags?)")
+            raise RequestError("text", "text has nothing to speak (only tags?)")
         job = Job(new_request_id(), chunks, refs, req.sampling, req.max_frames, RequestTimes(now()))
         return self._queue(job, req.stream_pcm)
 
@@ -179,10 +181,10 @@ class Engine:
         samples = np.asarray(ref.samples, dtype=np.float32)
         seconds = len(samples) / self.loaded.sample_rate
         if seconds > self.cfg.max_reference_seconds:
-            raise ValueError(f"reference audio is {seconds:.1f} s long; the limit is "
+            raise RequestError("references", f"reference audio is {seconds:.1f} s long; the limit is "
                              f"{self.cfg.max_reference_seconds:.0f} s: trim it to its best part")
         if len(samples) == 0:
-            raise ValueError("reference audio is empty")
+            raise RequestError("references", "reference audio is empty")
         return self.encode_audio(samples)
 
     def encode_audio(self, samples: np.ndarray) -> Tensor:
@@ -205,7 +207,7 @@ class Engine:
         columns = [tuple(c) for c in grid.T.tolist()]
         seq = Sequence(job.request_id, columns, job.frames_left, job.frames_done)
         if seq.total_tokens > self.runner.cfg.max_model_len:
-            raise ValueError(f"request needs {seq.total_tokens} tokens ({seq.prompt_len} of prompt + "
+            raise RequestError(None, f"request needs {seq.total_tokens} tokens ({seq.prompt_len} of prompt + "
                              f"{seq.max_new_frames} frames); the model's context holds "
                              f"{self.runner.cfg.max_model_len}: lower max_frames or shorten the text")
         self.scheduler.add(seq, front=job.chunk_index > 0)
@@ -220,6 +222,10 @@ class Engine:
         self.streams.close(request_id)
         self.metrics.finished("aborted")
         self.pending.append(Event(request_id, finished=True, reason="aborted"))
+
+    def text_chunks(self, request_id: int) -> list[str]:
+        """The text chunks a queued request is spoken in, in order."""
+        return list(self.jobs[request_id].chunks)
 
     def has_work(self) -> bool:
         return (bool(self.pending) or self.scheduler.has_work() or self.inflight is not None
@@ -341,17 +347,21 @@ class Engine:
         codes = torch.tensor([f[1:] for f in seq.frames], dtype=torch.long).T.reshape(10, -1)
         if codes.shape[1]:
             job.history.append((job.chunks[job.chunk_index], codes))
+        done = ChunkDone(job.chunk_index, job.chunks[job.chunk_index], job.chunk_start, job.frames_done)
         more = job.chunk_index + 1 < len(job.chunks)
         if more and reason == "eos" and job.frames_left > 0:
             job.chunk_index += 1
+            job.chunk_start = job.frames_done
             try:
                 self._start_chunk(job)
-                return []
+                return [Event(job.request_id, chunk_index=done.index, chunk_done=done)]
             except ValueError as exc:  # e.g. the history outgrew the prompt limit
-                return [self._finish(job, "error", str(exc))]
-        return [self._finish(job, "length" if more else reason)]
+                return [Event(job.request_id, chunk_index=done.index, chunk_done=done),
+                        self._finish(job, "error", str(exc))]
+        return [self._finish(job, "length" if more else reason, chunk_done=done)]
 
-    def _finish(self, job: Job, reason: str, error: str | None = None) -> Event:
+    def _finish(self, job: Job, reason: str, error: str | None = None,
+                chunk_done: ChunkDone | None = None) -> Event:
         del self.jobs[job.request_id]
         self.streams.close(job.request_id)
         job.times.done(now())
@@ -361,4 +371,4 @@ class Engine:
                  "ttfb_ms": t.ttfb_ms, "rtf": t.rtf, "frames_per_second": t.frames_per_second,
                  "chunks": job.chunk_index + 1}
         return Event(job.request_id, finished=True, reason=reason, error=error,
-                     chunk_index=job.chunk_index, stats=stats)
+                     chunk_index=job.chunk_index, stats=stats, chunk_done=chunk_done)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.params import MAX_REFERENCE_SECONDS
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -24,7 +26,7 @@ class EngineConfig:
     prefill_graph_tokens: int = 2048
     compile: bool = False  # torch.compile the module-path frame before capturing it (no fused kernels)
     graph_batch_sizes: tuple[int, ...] | None = None  # CUDA-graph buckets; None = 1,2,4,8,... up to max_batch
-    max_reference_seconds: float = 30.0
+    max_reference_seconds: float = MAX_REFERENCE_SECONDS
     vocoder_group_frames: int = 8  # streamed audio is decoded in groups of up to this many frames
     overlap_vocoder: bool = True  # CUDA: decode audio on a second stream, overlapping the next frame
     # Queue frame k+1 before reading frame k, so host work hides behind the device (None = on CUDA).

@@ -10,26 +10,32 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from engine.ar.sampler import SamplingParams
+from engine.params import (
+    DEFAULT_CHUNK_LENGTH,
+    DEFAULT_MAX_FRAMES,
+    MAX_CHUNK_LENGTH,
+    MAX_FRAMES_LIMIT,
+    MAX_TEXT_CHARS,
+    MIN_CHUNK_LENGTH,
+    RequestError,
+    SamplingParams,
+)
 
-MAX_TEXT_CHARS = 20_000  # of the text, and of each reference transcript
-MAX_FRAMES_LIMIT = 32_768
-MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH = 50, 5000  # characters per chunk when the text is split
 _ids = itertools.count(1)
 # JSON can carry an unpaired "\ud800"; the tokenizer cannot encode it (and paired ones arrive joined).
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def check_text(text: object, what: str = "text") -> None:
-    """Raise ValueError, its message starting with `what`, unless text is a string of at most
+def check_text(text: object, what: str = "text", field: str = "text") -> None:
+    """Raise RequestError(field), its message starting with `what`, unless text is a string of at most
     MAX_TEXT_CHARS valid characters. Messages give sizes and positions, never the text itself."""
     if not isinstance(text, str):
-        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+        raise RequestError(field, f"{what} must be a string, got {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"{what} has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        raise RequestError(field, f"{what} has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
     bad = _LONE_SURROGATE.search(text)
     if bad:
-        raise ValueError(f"{what} contains an invalid character (a lone surrogate at position {bad.start()}); "
+        raise RequestError(field, f"{what} contains an invalid character (a lone surrogate at position {bad.start()}); "
                          "send valid Unicode text")
 
 
@@ -43,10 +49,10 @@ class ReferenceInput:
 
     def __post_init__(self) -> None:
         if (self.codes is None) == (self.samples is None):
-            raise ValueError("a reference needs either codes or audio samples (exactly one)")
-        check_text(self.text, "a reference transcript")
+            raise RequestError("references", "a reference needs either codes or audio samples (exactly one)")
+        check_text(self.text, "a reference transcript", "references")
         if not self.text.strip():
-            raise ValueError("a reference needs the transcript of its audio")
+            raise RequestError("references", "a reference needs the transcript of its audio")
 
 
 @dataclass(frozen=True)
@@ -54,19 +60,29 @@ class SynthesisRequest:
     text: str
     references: tuple[ReferenceInput, ...] = ()
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    max_frames: int = 2048  # budget over all chunks of the text
-    chunk_length: int = 300  # characters per chunk; 0 = never split
+    max_frames: int = DEFAULT_MAX_FRAMES  # budget over all text chunks
+    chunk_length: int = DEFAULT_CHUNK_LENGTH  # characters per text chunk; 0 = never split
     stream_pcm: bool = True  # decode audio frame by frame (False: codes only)
 
     def __post_init__(self) -> None:
         check_text(self.text)
         if not self.text.strip():
-            raise ValueError("text is empty")
+            raise RequestError("text", "text is empty")
         if not 1 <= self.max_frames <= MAX_FRAMES_LIMIT:
-            raise ValueError(f"max_frames must be in [1, {MAX_FRAMES_LIMIT}], got {self.max_frames}")
+            raise RequestError("max_frames", f"max_frames must be in [1, {MAX_FRAMES_LIMIT}], got {self.max_frames}")
         if self.chunk_length != 0 and not MIN_CHUNK_LENGTH <= self.chunk_length <= MAX_CHUNK_LENGTH:
-            raise ValueError(f"chunk_length must be 0 (no split) or in [{MIN_CHUNK_LENGTH}, {MAX_CHUNK_LENGTH}], "
-                             f"got {self.chunk_length}")
+            raise RequestError("chunk_length", f"chunk_length must be 0 (no split) or in [{MIN_CHUNK_LENGTH}, "
+                                               f"{MAX_CHUNK_LENGTH}], got {self.chunk_length}")
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """A text chunk of a request has finished: its text and its frames' span in the request's output."""
+
+    index: int
+    text: str
+    start_frame: int
+    end_frame: int  # exclusive; equal to start_frame when the chunk made no frame
 
 
 class Status(enum.Enum):

@@ -73,6 +73,12 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             raise Disconnected()
 
 
+async def _first_audio(stream: EngineStream) -> AudioChunk:
+    """The chunk after the stream's announcement of its request id (the first chunk with audio, or the end)."""
+    chunk = await anext(stream)
+    return await anext(stream) if chunk.text_chunks is not None else chunk
+
+
 async def first_chunk(request: Request, stream: EngineStream) -> AudioChunk:
     """The request's first chunk (bad input raises ValueError here, before any header is sent).
 
@@ -80,7 +86,7 @@ async def first_chunk(request: Request, stream: EngineStream) -> AudioChunk:
     cancelling: a cancel that lands while AsyncEngine.stream() still waits for the engine thread to
     add the request makes that thread die (AsyncEngine.call sets a result on a cancelled Future).
     """
-    task = asyncio.ensure_future(anext(stream))
+    task = asyncio.ensure_future(_first_audio(stream))
     try:
         return await until_disconnected(request, asyncio.shield(task))
     except Disconnected:
@@ -208,7 +214,7 @@ def router(state: AppState) -> APIRouter:
                 return await complete_file(request, stream, body, headers)
             return await streamed(request, state, stream, body, headers)
         except ValueError as exc:  # the engine rejected the request when it was added
-            raise APIError(400, str(exc), param=param_of(str(exc))) from exc
+            raise APIError(400, str(exc), param=param_of(exc)) from exc
         except Disconnected:
             log.info("%s: client disconnected, request aborted", request_id)
             return Response(status_code=CLIENT_CLOSED)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,9 +19,11 @@ from engine import (
     DecodedClip,
     DecoderBusyError,
     ReferenceInput,
+    RequestError,
     SamplingParams,
     SynthesisRequest,
     check_text,
+    random_seed,
 )
 from playground.api.errors import APIError, brief
 from playground.api.metrics import MODEL_ID
@@ -35,11 +36,8 @@ MAX_REFERENCES = 8
 MAX_INSTRUCTIONS_CHARS = 500
 DECODE_RETRY_SECONDS = 5  # what a 503 for busy decoders asks the client to wait
 _LEADING_SPEAKER_TAGS = re.compile(r"^(?:\s*<\|speaker:\d+\|>)*")
-# ValueError messages of SamplingParams / SynthesisRequest / add_request start with the field they
-# are about; this maps that word to the API parameter a client sent.
-_PARAM_OF_MESSAGE = (("text", "input"), ("prompt", "input"), ("temperature", "temperature"),
-                     ("top_p", "top_p"), ("top_k", "top_k"), ("seed", "seed"), ("max_frames", "max_frames"),
-                     ("chunk_length", "chunk_length"), ("reference", "references"))
+# The API parameter of an engine request field, where the names differ.
+_PARAM_OF_FIELD = {"text": "input"}
 
 
 class _Strict(BaseModel):
@@ -73,8 +71,10 @@ class SpeechBody(_Strict):
     ras: bool | None = None
 
 
-def param_of(message: str) -> str | None:
-    return next((param for word, param in _PARAM_OF_MESSAGE if message.startswith(word)), None)
+def param_of(exc: ValueError) -> str | None:
+    """The API parameter an engine error is about (RequestError.field), None when it names none."""
+    field = exc.field if isinstance(exc, RequestError) else None
+    return None if field is None else _PARAM_OF_FIELD.get(field, field)
 
 
 def check_model(model: str) -> None:
@@ -158,7 +158,7 @@ def synthesis_request(body: SpeechBody) -> tuple[SynthesisRequest, int]:
     uses (random when the client sent none)."""
     if not body.input.strip():
         raise APIError(400, "input is empty: nothing to synthesize.", param="input")
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
+    seed = body.seed if body.seed is not None else random_seed()
     given: dict[str, Any] = {k: v for k, v in (("temperature", body.temperature), ("top_p", body.top_p),
                                ("top_k", body.top_k), ("ras", body.ras)) if v is not None}
     limits: dict[str, Any] = {k: v for k, v in (("max_frames", body.max_frames), ("chunk_length", body.chunk_length))
@@ -167,5 +167,5 @@ def synthesis_request(body: SpeechBody) -> tuple[SynthesisRequest, int]:
         sampling = SamplingParams(seed=seed, **given)
         req = SynthesisRequest(with_instructions(body.input, body.instructions), (), sampling, **limits)
     except ValueError as exc:
-        raise APIError(400, str(exc), param=param_of(str(exc))) from exc
+        raise APIError(400, str(exc), param=param_of(exc)) from exc
     return req, seed

@@ -59,9 +59,9 @@ async def _codes(state: AppState, counters: ApiCounters, samples: np.ndarray) ->
     cached = await run_in_threadpool(state.store.cached_codes, audio_sha256(samples))
     if cached is not None:
         return cached
-    codes = await state.engine.run(lambda engine: engine.encode_audio(samples))
+    codes = await state.engine.encode_reference(samples)
     counters.voice_encodes.inc()
-    return codes.numpy()
+    return codes
 
 
 def _not_found(voice_id: str) -> APIError:

@@ -10,7 +10,6 @@ engine request, and stops the player in the browser.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,13 +17,22 @@ from typing import Any
 
 import gradio as gr
 
-from engine import MAX_FRAMES_LIMIT, SAMPLE_RATE, EngineBusy, EngineUnhealthy
+from engine import (
+    DEFAULT_CHUNK_LENGTH,
+    MAX_FRAMES_LIMIT,
+    SAMPLE_RATE,
+    SEED_LIMIT,
+    EngineBusy,
+    EngineUnhealthy,
+    SamplingParams,
+    random_seed,
+)
 from playground.store import HistoryEntry
 from playground.ui.figures import LiveFigures, live_html, message_html, summary_html
 from playground.ui.history import table_update, take_updates
 from playground.ui.output import OutputOptions
 from playground.ui.page import Ctx
-from playground.ui.take import SEED_LIMIT, GenSettings, Take, run_take
+from playground.ui.take import GenSettings, Take, run_take
 from playground.ui.voices import VoiceRef, from_history, resolve
 
 START_JS = """(...args) => {
@@ -74,13 +82,15 @@ class RunPanel:
 
 def build_settings_panel(hop: int) -> SettingsPanel:
     longest = min(MAX_SECONDS, MAX_FRAMES_LIMIT * hop // SAMPLE_RATE)
+    default = SamplingParams()
     with gr.Accordion("Generation", open=True, elem_id="s2-settings"):
         with gr.Row():
-            temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="Temperature", elem_id="s2-temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.8, step=0.01, label="Top-p", elem_id="s2-top-p")
+            temperature = gr.Slider(0.0, 1.5, value=default.temperature, step=0.05, label="Temperature",
+                                    elem_id="s2-temperature")
+            top_p = gr.Slider(0.05, 1.0, value=default.top_p, step=0.01, label="Top-p", elem_id="s2-top-p")
         with gr.Row(equal_height=True):
-            top_k = gr.Slider(1, 256, value=30, step=1, label="Top-k", elem_id="s2-top-k")
-            ras = gr.Checkbox(True, label="RAS (repetition-aware sampling)", elem_id="s2-ras")
+            top_k = gr.Slider(1, 256, value=default.top_k, step=1, label="Top-k", elem_id="s2-top-k")
+            ras = gr.Checkbox(default.ras, label="RAS (repetition-aware sampling)", elem_id="s2-ras")
         with gr.Row(equal_height=True, elem_classes="s2-seed-row"):
             seed = gr.Number(-1, precision=0, minimum=-1, maximum=SEED_LIMIT - 1, label="Seed (−1: random)",
                              elem_id="s2-seed", min_width=120)
@@ -91,8 +101,8 @@ def build_settings_panel(hop: int) -> SettingsPanel:
             reuse = gr.Button("Keep used seed", elem_id="s2-seed-keep", size="sm", min_width=60)
         max_seconds = gr.Slider(1, longest, value=30, step=0.5, label="Max length (seconds of audio)",
                                 elem_id="s2-max-seconds")
-        chunk_length = gr.Slider(0, 1000, value=300, step=50, label="Chunk length (characters; 0 = never split)",
-                                 elem_id="s2-chunk-length")
+        chunk_length = gr.Slider(0, 1000, value=DEFAULT_CHUNK_LENGTH, step=50,
+                                 label="Chunk length (characters; 0 = never split)", elem_id="s2-chunk-length")
     return SettingsPanel(temperature, top_p, top_k, ras, seed, dice, reuse, used_seed, max_seconds, chunk_length)
 
 
@@ -135,7 +145,7 @@ class Generation:
         run.stop.click(None, run.gen_id, run.gen_id, cancels=[gen_event, rerun_event], js=STOP_JS).then(
             self.stopped, run.gen_id, [run.generate, run.stop, run.figures])
         s = p.settings
-        s.dice.click(lambda: secrets.randbelow(SEED_LIMIT), None, s.seed, queue=False)
+        s.dice.click(random_seed, None, s.seed, queue=False)
         s.reuse.click(lambda used: int(used) if str(used).isdigit() else gr.skip(), s.used_seed, s.seed,
                       queue=False)
 

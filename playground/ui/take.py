@@ -11,24 +11,30 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import suppress
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from engine import MAX_FRAMES_LIMIT, SAMPLE_RATE, AudioChunk, SamplingParams, SynthesisRequest
-from engine.serving.engine import Engine, Job
+from engine import (
+    MAX_FRAMES_LIMIT,
+    MAX_REFERENCE_SECONDS,
+    MIN_REFERENCE_SECONDS,
+    SAMPLE_RATE,
+    AudioChunk,
+    ChunkDone,
+    SamplingParams,
+    SynthesisRequest,
+    random_seed,
+)
 from playground.state import AppState
 from playground.ui.figures import LiveFigures
 from playground.ui.stream import PcmStream
 from playground.ui.voices import VoiceRef
 
 TICK_SECONDS = 0.25  # live figures refresh at least this often
-SEED_LIMIT = 2**31  # random seeds stay short enough to read out and retype
-NEIGHBOUR_MAX_SECONDS = 30.0  # the engine's reference limit
 _LEADING_SPEAKER = re.compile(r"^\s*(<\|speaker:\d+\|>)")
 
 
@@ -48,7 +54,7 @@ class GenSettings:
     @classmethod
     def from_controls(cls, text: str, temperature: float, top_p: float, top_k: float, ras: bool,
                       seed: float | None, max_seconds: float, chunk_length: float, hop: int) -> GenSettings:
-        seed = secrets.randbelow(SEED_LIMIT) if seed is None or seed < 0 else int(seed)
+        seed = random_seed() if seed is None or seed < 0 else int(seed)
         max_frames = min(MAX_FRAMES_LIMIT, max(1, math.ceil(float(max_seconds) * SAMPLE_RATE / hop)))
         return cls(text or "", float(temperature), float(top_p), int(top_k), bool(ras), seed, max_frames,
                    int(chunk_length))
@@ -76,17 +82,15 @@ class Take:
 async def run_take(state: AppState, req: SynthesisRequest, live: PcmStream | None,
                    figs: LiveFigures) -> AsyncIterator[LiveFigures | Take]:
     """Yield `figs` every tick while generating, then the Take. Engine errors raise RuntimeError."""
-    pieces: list[np.ndarray] = []
-    task = asyncio.create_task(_consume(state, req, live, figs, pieces))
-    await asyncio.sleep(0)  # the task submits the request now, so the lookup below queues after it
+    progress = _Progress()
+    task = asyncio.create_task(_consume(state, req, live, figs, progress))
     try:
-        job = await state.engine.run(_find_job(req.sampling))
         while not task.done():
             await asyncio.wait({task}, timeout=TICK_SECONDS)
-            if job is not None:
-                figs.chunk, figs.num_chunks = job.chunk_index + 1, len(job.chunks)
+            if progress.request_id is not None:
+                figs.chunk, figs.num_chunks = progress.chunk_index + 1, progress.num_chunks
                 if not figs.samples:
-                    figs.queue_position = await state.engine.queue_position(job.request_id)
+                    figs.queue_position = await state.engine.queue_position(progress.request_id)
             if not task.done():
                 yield figs
         final = task.result()
@@ -95,18 +99,35 @@ async def run_take(state: AppState, req: SynthesisRequest, live: PcmStream | Non
             task.cancel()  # leaves stream(), which aborts the request in the engine
             with suppress(asyncio.CancelledError):
                 await task
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    samples = np.concatenate(progress.pieces) if progress.pieces else np.zeros(0, np.float32)
     stats = {**final.stats, "reason": final.reason, "ttfa_ms": figs.ttfa_ms}
-    yield Take(samples, chunk_bounds(job, req.text, len(samples), figs.samples_per_frame), stats)
+    yield Take(samples, chunk_bounds(progress.done, req.text, len(samples), figs.samples_per_frame), stats)
+
+
+@dataclass
+class _Progress:
+    """What the stream has told so far: the request id and text chunks, then audio and finished chunks."""
+
+    request_id: int | None = None
+    num_chunks: int = 1
+    chunk_index: int = 0
+    pieces: list[np.ndarray] = field(default_factory=list)
+    done: list[ChunkDone] = field(default_factory=list)
 
 
 async def _consume(state: AppState, req: SynthesisRequest, live: PcmStream | None, figs: LiveFigures,
-                   pieces: list[np.ndarray]) -> AudioChunk:
-    """Run the request, keeping its PCM in `pieces` and teeing it into the live stream; the final chunk."""
+                   progress: _Progress) -> AudioChunk:
+    """Run the request, keeping its PCM and finished text chunks in `progress` and teeing the PCM into
+    the live stream; the final chunk."""
     async for chunk in state.engine.stream(req):
+        if chunk.text_chunks is not None:
+            progress.request_id, progress.num_chunks = chunk.request_id, len(chunk.text_chunks)
+        progress.chunk_index = chunk.chunk_index
+        if chunk.chunk_done is not None:
+            progress.done.append(chunk.chunk_done)
         if len(chunk.pcm):
             figs.on_audio(len(chunk.pcm))
-            pieces.append(chunk.pcm)
+            progress.pieces.append(chunk.pcm)
             if live is not None:
                 live.write(chunk.pcm)
         if chunk.finished:
@@ -114,26 +135,13 @@ async def _consume(state: AppState, req: SynthesisRequest, live: PcmStream | Non
     raise RuntimeError("the engine stream ended without a final chunk")
 
 
-def _find_job(sampling: SamplingParams) -> Callable[[Engine], Job | None]:
-    """The engine's Job for our request, found by the identity of its SamplingParams.
-
-    AsyncEngine.stream() yields neither the request id before the first audio (needed for the queue
-    position) nor each chunk's index (needed for chunk boundaries); the Job holds both, and its
-    `history` list is complete once the final chunk has arrived.
-    """
-    return lambda engine: next((job for job in engine.jobs.values() if job.params is sampling), None)
-
-
-def chunk_bounds(job: Job | None, text: str, num_samples: int, hop: int) -> list[dict]:
-    """Each generated text chunk's sample range; the whole take as one chunk when unknown."""
-    if job is not None:
-        bounds, start = [], 0
-        for chunk_text, codes in job.history:
-            end = start + codes.shape[1] * hop
-            bounds.append({"text": chunk_text, "start_sample": start, "end_sample": end})
-            start = end
-        if bounds and start == num_samples:
-            return bounds
+def chunk_bounds(done: list[ChunkDone], text: str, num_samples: int, hop: int) -> list[dict]:
+    """Each generated text chunk's sample range (chunks that made no frame left out); the whole take as
+    one chunk when they do not cover it."""
+    bounds = [{"text": c.text, "start_sample": c.start_frame * hop, "end_sample": c.end_frame * hop}
+              for c in done if c.end_frame > c.start_frame]
+    if bounds and bounds[-1]["end_sample"] == num_samples:
+        return bounds
     return [{"text": text.strip(), "start_sample": 0, "end_sample": num_samples}]
 
 
@@ -172,8 +180,9 @@ async def neighbour_voice(state: AppState, samples: np.ndarray, chunks: list[dic
         c = chunks[i]
         clip = samples[c["start_sample"]:c["end_sample"]]
         seconds = len(clip) / SAMPLE_RATE
-        if speaker(c["text"]) == speaker(chunks[index]["text"]) and 1.0 <= seconds <= NEIGHBOUR_MAX_SECONDS:
-            codes = (await state.engine.run(lambda engine, clip=clip: engine.encode_audio(clip))).numpy()
+        near = speaker(c["text"]) == speaker(chunks[index]["text"])
+        if near and MIN_REFERENCE_SECONDS <= seconds <= MAX_REFERENCE_SECONDS:
+            codes = await state.engine.encode_reference(clip)
             return VoiceRef(None, None, None, c["text"], codes)
     return VoiceRef()
 
@@ -183,7 +192,7 @@ async def regenerate_chunk(state: AppState, settings: GenSettings, voice: VoiceR
     """A new take of chunk `index` alone (new seed, same voice), spliced in: (samples, chunks, seed)."""
     if voice.codes is None:
         voice = await neighbour_voice(state, samples, chunks, index)
-    seed = secrets.randbelow(SEED_LIMIT)
+    seed = random_seed()
     one = replace(settings, text=chunks[index]["text"], seed=seed, chunk_length=0)
     take = await collect(state, one.request(voice), hop)
     new_samples, new_chunks = splice(samples, chunks, index, take.samples, seed)

@@ -105,7 +105,7 @@ async def clip_codes(state: AppState, samples: np.ndarray) -> tuple[str, np.ndar
     sha = audio_sha256(samples)
     codes = await asyncio.to_thread(state.store.cached_codes, sha)
     if codes is None:
-        codes = (await state.engine.run(lambda engine: engine.encode_audio(samples))).numpy()
+        codes = await state.engine.encode_reference(samples)
         await asyncio.to_thread(state.store.put_codes, sha, codes)
     return sha, codes
 
