@@ -26,7 +26,7 @@ import torch
 
 from engine import capacity
 from engine.config import ModelConfig, s2_pro_config, tiny_config
-from engine.loader import LoadedModel, codec_dtype, pick_device
+from engine.loader import CODEC_DTYPE, LoadedModel, pick_device
 from engine.models.codec import Codec, CodecConfig
 from engine.models.dual_ar import DualAR
 from engine.params import SamplingParams
@@ -89,7 +89,7 @@ def build(preset: str, device: torch.device, tmp: Path) -> LoadedModel:
     torch.manual_seed(0)
     with torch.device(device):
         model = DualAR(cfg).to(dtype)
-        codec = Codec(CodecConfig() if preset == "s2-pro" else CodecConfig.tiny()).to(codec_dtype(device))
+        codec = Codec(CodecConfig() if preset == "s2-pro" else CodecConfig.tiny()).to(CODEC_DTYPE)
     codec = codec.eval().requires_grad_(False)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -224,7 +224,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
                                          graph_batch_sizes=tuple(sweep),
                                          overlap_vocoder=not args.no_overlap,
                                          burst_hold_tokens=args.burst_hold_tokens))
-    engine.runner.ignore_eos = True
+    engine.runner.set_ignore_eos(True)
     # First prefill/frames of the process pay one-time setup (per graph bucket, too), and the GPU's
     # clocks ramp up under load.
     for c in sweep if device.type == "cuda" else sweep[:1]:
@@ -263,7 +263,7 @@ def capacity_bench(args: argparse.Namespace) -> tuple[list[capacity.CapacityRow]
     cfg = EngineConfig(max_batch=args.max_batch or EngineConfig.max_batch, num_blocks=args.num_blocks,
                        max_waiting=args.max_waiting, cuda_graphs=not args.eager)
     engine = Engine(loaded, cfg)
-    engine.runner.ignore_eos = True
+    engine.runner.set_ignore_eos(True)
     for c in cfg.graph_buckets() if device.type == "cuda" else [1]:  # one-time setup of every graph bucket
         run_round(engine, c, 8 if device.type == "cuda" else 2, False, 0)
     aengine = AsyncEngine(engine)

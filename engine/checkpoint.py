@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from engine.config import ModelConfig
 from engine.models.dual_ar import DualAR
+from engine.state_dict import state_dict_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +88,7 @@ def read_safetensors(files: list[Path], device: str = "cpu") -> dict[str, Tensor
 
 def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], what: str) -> None:
     """Raise naming every missing key, unexpected key and shape mismatch."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(got[k].shape)}"
-              for k in sorted(set(expected) & set(got)) if expected[k].shape != got[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:20])}" + (" …" if len(missing) > 20 else ""))
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:20])}"
-                        + (" …" if len(unexpected) > 20 else ""))
-    if shapes:
-        problems.append(f"shape mismatches: {'; '.join(shapes[:20])}")
+    problems = state_dict_mismatches(expected, got)
     if problems:
         raise CheckpointError(f"{what} does not match the S2 Pro layout: " + " | ".join(problems))
 

@@ -18,6 +18,10 @@ from engine.tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# float32 everywhere: it is how the codec was shipped, and bf16 made streaming decode no faster (it is
+# launch- and state-traffic-bound), only less exact (docs/BENCHMARKS.md).
+CODEC_DTYPE = torch.float32
+
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -36,12 +40,6 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
-
-
-def codec_dtype(device: torch.device) -> torch.dtype:
-    """float32 everywhere: it is how the codec was shipped, and measured on an H100, bf16 did not make
-    streaming decode faster (it is launch- and state-traffic-bound), only less exact (~2e-3)."""
-    return torch.float32
 
 
 @dataclass
@@ -65,7 +63,7 @@ class LoadedModel:
 
 
 def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load a resolved checkpoint directory. The ARs run in `dtype`; the codec in `codec_dtype(device)`."""
+    """Load a resolved checkpoint directory. The ARs run in `dtype`; the codec in `CODEC_DTYPE`."""
     demo = (path / DEMO_MARKER).is_file()
     tokenizer = TextTokenizer(path)
     config = ModelConfig.from_file(path / "config.json")
@@ -80,6 +78,6 @@ def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype) -> Load
     if codec_cfg.num_codebooks != config.num_codebooks:
         raise CheckpointError(f"codec has {codec_cfg.num_codebooks} codebooks, the model {config.num_codebooks}")
     model = load_dual_ar(path, device, dtype)
-    codec = load_codec(path / CODEC_FILE, codec_cfg, device, codec_dtype(device))
+    codec = load_codec(path / CODEC_FILE, codec_cfg, device, CODEC_DTYPE)
     log.info("loaded %s on %s (%s)%s", path, device, dtype, " [demo checkpoint]" if demo else "")
     return LoadedModel(path, config, model, codec, tokenizer, device, dtype, demo)

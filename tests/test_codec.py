@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.models.codec import Codec, CodecConfig, weight_norm_param_names
-from engine.models.codec_layers import apply_rope, rope_cos_sin
+from engine.models.codec_layers import apply_rope_cos_sin, rope_cos_sin
 from engine.models.codec_state import (
     fold_weight_norm,
     load_codec,
@@ -234,7 +234,7 @@ def test_rope_tables_are_bf16_rounded_upstream_values() -> None:
 def test_rope_rotates_interleaved_pairs() -> None:
     rope = rope_cos_sin(torch.tensor([3]), 4, 10000.0)  # [1, 2, 2]
     x = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 4)
-    out = apply_rope(x, rope).flatten()
+    out = apply_rope_cos_sin(x, rope).flatten()
     cos, sin = rope[0, :, 0], rope[0, :, 1]
     expected = torch.stack([cos[0], sin[0], -sin[1], cos[1]])
     torch.testing.assert_close(out, expected, atol=1e-7, rtol=0)

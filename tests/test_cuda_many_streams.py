@@ -30,7 +30,7 @@ CLIENTS, FRAMES = 256, 100
 def test_reused_vocoder_rows_stream_the_one_shot_decode(tiny_dir) -> None:
     model = load_model_dir(tiny_dir, torch.device("cuda"), torch.float32)
     engine = Engine(model, EngineConfig(num_blocks=256, block_size=16, max_batch=2, max_waiting=8))
-    engine.runner.ignore_eos = True
+    engine.runner.set_ignore_eos(True)
     prompts = {i: random_prompt(model, 600 + i, 10, 4) for i in range(8)}
     ids, pcm, codes, step = {}, {}, {}, 0
     while len(ids) < len(prompts) or engine.has_work():
@@ -56,7 +56,7 @@ def s2_pro(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 @pytest.mark.parametrize("max_batch", [32, 128])
 def test_256_staggered_streams_all_finish(s2_pro: LoadedModel, max_batch: int) -> None:
     engine = Engine(s2_pro, EngineConfig(max_batch=max_batch, num_blocks=2400, max_waiting=CLIENTS))
-    engine.runner.ignore_eos = True
+    engine.runner.set_ignore_eos(True)
     aengine = AsyncEngine(engine, on_hang=lambda hang: None)  # a hang fails the clients: counted below
     prompts = [make_prompt(s2_pro.config, 7000 + i, 7000 + i) for i in range(CLIENTS)]
     try:

@@ -4,7 +4,7 @@ import torch
 
 from engine.config import s2_pro_config, tiny_config
 from engine.models.dual_ar import DualAR, count_parameters
-from engine.models.layers import apply_rope, rope_table
+from engine.models.layers import apply_rope_complex, rope_table
 from engine.reference import DenseKVCache
 
 
@@ -52,7 +52,7 @@ def test_rope_is_interleaved_pairs_with_bf16_tables() -> None:
     assert table.dtype == torch.complex64 and table.shape == (64, 8)
     x = torch.randn(5, 3, 16)
     pos = torch.tensor([0, 1, 7, 33, 63])
-    out = apply_rope(x, table[pos])
+    out = apply_rope_complex(x, table[pos])
     # Reference written out by hand: pair (x[2i], x[2i+1]) rotated by the bf16-rounded angle table.
     inv = 1.0 / (1e6 ** (torch.arange(0, 16, 2).float() / 16))
     ang = torch.outer(pos.float(), inv)

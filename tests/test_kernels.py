@@ -12,12 +12,13 @@ import torch.nn.functional as F
 
 from engine.ar.attention import PrefillSegment, paged_decode_reference, prefill_attention
 from engine.ar.sampler import BatchParams, push_recent, sample_fast, sample_slow
+from engine.backend import resolve_backend
 from engine.kernels import codec as codec_kernels
 from engine.kernels import transformer as kernels
 from engine.kernels.attention import paged_decode_triton, paged_prefill_triton, prefill_block_m, prefill_tiles
 from engine.kernels.sampling import sample_into
 from engine.models.codec_layers import LayerScale
-from engine.models.layers import Block, RMSNorm, apply_rope, rope_table
+from engine.models.layers import Block, RMSNorm, apply_rope_complex, rope_table
 from engine.params import SamplingParams
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig
@@ -80,8 +81,8 @@ def test_qk_rope_write_matches_attention_path(dtype, qk_norm) -> None:
     wq, wk, wv = wq.unflatten(-1, (heads, dim)), wk.unflatten(-1, (kv_heads, dim)), wv.unflatten(-1, (kv_heads, dim))
     if qk_norm:
         wq, wk = q_norm(wq), k_norm(wk)
-    torch.testing.assert_close(q, apply_rope(wq, rope[positions]), **tol(dtype))
-    torch.testing.assert_close(k_pool.flatten(0, 1)[slots], apply_rope(wk, rope[positions]), **tol(dtype))
+    torch.testing.assert_close(q, apply_rope_complex(wq, rope[positions]), **tol(dtype))
+    torch.testing.assert_close(k_pool.flatten(0, 1)[slots], apply_rope_complex(wk, rope[positions]), **tol(dtype))
     assert torch.equal(v_pool.flatten(0, 1)[slots], wv)
     untouched = torch.ones(16, dtype=torch.bool, device=DEV)
     untouched[slots] = False
@@ -306,7 +307,8 @@ def test_paged_prefill_equals_module_prefill(dev_model) -> None:
     model = dev_model.model
     runs = []
     for mode in ("module", "exact", "padded"):
-        runner = ModelRunner(model, RunnerConfig(num_blocks=16, block_size=16, max_batch=4), fused=mode != "module")
+        backend = resolve_backend(model.text_model.model.embeddings.weight.device, fused_kernels=mode != "module")
+        runner = ModelRunner(model, RunnerConfig(num_blocks=16, block_size=16, max_batch=4), backend)
         blocks = BlockManager(16, 16)
         seqs = []
         for i, (length, start) in enumerate([(20, 0), (30, 16)]):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels.window_attention import window_attention
-from engine.models.codec_layers import apply_rope, rope_cos_sin, window_mask
+from engine.models.codec_layers import apply_rope_cos_sin, rope_cos_sin, window_mask
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -47,13 +47,13 @@ def test_window_attention_equals_module_path(num_new: int, window: int, tiles: t
     rope = rope_cos_sin(positions.flatten(), dim, 10000.0).unflatten(0, positions.shape)  # [B, n, D/2, 2]
     q, k, v = qkv.unbind(2)
     rings = state[slots, start:start + per_layer].view(3, 2, heads, ring, dim)
-    want, advanced = reference(apply_rope(q, rope), apply_rope(k, rope), v, rings, pos, window)
+    want, advanced = reference(apply_rope_cos_sin(q, rope), apply_rope_cos_sin(k, rope), v, rings, pos, window)
     before = state.clone()
     got = window_attention(qkv, rope, state, slots, pos, start, window, tiles)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     expected = before.clone()
     expected[slots, start:start + per_layer] = advanced.flatten(1)
-    # keys rotated here may differ from apply_rope's in the last bit; the rest of every row is untouched
+    # keys rotated here may differ from apply_rope_cos_sin's in the last bit; the rest of every row is untouched
     torch.testing.assert_close(state, expected, atol=1e-6, rtol=1e-6)
     assert torch.equal(state[:, :start], before[:, :start]) and torch.equal(state[:, start + per_layer:],
                                                                             before[:, start + per_layer:])

@@ -13,7 +13,7 @@ import time
 import torch
 
 from engine.ar.runner import FrameInputs, ModelRunner
-from engine.serving.request import Sequence
+from engine.ar.seq import SeqLike
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class FrameGraphs:
     def bucket_for(self, batch: int) -> int:
         return next(b for b in self.buckets if b >= batch)
 
-    def launch(self, seqs: list[Sequence], frame_offsets: list[int]) -> torch.Tensor:
+    def launch(self, seqs: list[SeqLike], frame_offsets: list[int]) -> torch.Tensor:
         """Replay the frame for `seqs` without waiting; returns the [B, 11] device output."""
         bucket = self.bucket_for(len(seqs))
         graph, static, out = self.graphs[bucket]

@@ -15,7 +15,7 @@ import time
 import torch
 
 from engine.ar.runner import ModelRunner, PrefillInputs
-from engine.serving.request import Sequence
+from engine.ar.seq import SeqLike
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class PrefillGraphs:
             out = self.runner.prefill_paged(static)
         return graph, static, out
 
-    def run(self, items: list[tuple[Sequence, int, int]]) -> torch.Tensor:
+    def run(self, items: list[tuple[SeqLike, int, int]]) -> torch.Tensor:
         """Prefill `items` (at most max_tokens in all); returns hidden rows in item order [bucket, dim]."""
         total = sum(n for _, _, n in items)
         bucket = next(b for b in self.buckets if b >= total)

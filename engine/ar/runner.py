@@ -29,9 +29,10 @@ from engine.ar.sampler import (
     sample_fast,
     sample_slow,
 )
+from engine.ar.seq import SeqLike
+from engine.backend import Backend
 from engine.models.dual_ar import DualAR
 from engine.params import SamplingParams
-from engine.serving.request import Sequence
 
 FAST_CACHE = 16  # fast-AR cache rows per sequence (10 codebook positions, padded for the kernel)
 
@@ -78,8 +79,8 @@ class PrefillInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: DualAR, cfg: RunnerConfig, fused: bool | None = None) -> None:
-        """fused: use the fused kernels (default: on CUDA)."""
+    def __init__(self, model: DualAR, cfg: RunnerConfig, backend: Backend) -> None:
+        """backend: which frame program and decode attention run (engine/backend.py)."""
         self.model = model
         self.cfg = cfg
         mc = model.cfg
@@ -103,10 +104,10 @@ class ModelRunner:
         # benchmarks: every sequence runs to its frame budget (a device flag, so captured graphs see it)
         self._ignore_eos = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.decode_attention = paged_decode_reference
-        if self.device.type == "cuda":
+        if backend.decode_attention == "triton":
             from engine.kernels.attention import paged_decode_triton
             self.decode_attention = paged_decode_triton
-        self.fused = self.device.type == "cuda" if fused is None else fused
+        self.fused = backend.fused_ar
         self.prefill_graphs = None  # prefill_graphs.PrefillGraphs, attached by the engine on CUDA
         if self.fused:
             self._init_fused()
@@ -115,12 +116,8 @@ class ModelRunner:
             self.k_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
             self.v_fast = torch.zeros(fast, dtype=self.dtype, device=self.device)
 
-    @property
-    def ignore_eos(self) -> bool:
-        return bool(self._ignore_eos.item())
-
-    @ignore_eos.setter
-    def ignore_eos(self, value: bool) -> None:
+    def set_ignore_eos(self, value: bool) -> None:
+        """Benchmarks: every sequence runs to its frame budget."""
         self._ignore_eos.fill_(int(value))
 
     def _init_fused(self) -> None:
@@ -175,7 +172,7 @@ class ModelRunner:
 
     # -- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, items: list[tuple[Sequence, int, int]]) -> None:
+    def prefill(self, items: list[tuple[SeqLike, int, int]]) -> None:
         """Compute KV for prompt ranges; sequences that finish their prompt get their last hidden."""
         total = sum(n for _, _, n in items)
         if self.prefill_graphs is not None and total <= self.prefill_graphs.max_tokens:
@@ -188,7 +185,7 @@ class ModelRunner:
             if start + n == seq.prompt_len:
                 self.hidden[seq.slot] = hidden[end - 1]
 
-    def _prompt_rows(self, items: list[tuple[Sequence, int, int]]) -> tuple[list, list[int], list[int]]:
+    def _prompt_rows(self, items: list[tuple[SeqLike, int, int]]) -> tuple[list, list[int], list[int]]:
         """The prompt columns, positions and flat KV slots of the token ranges in `items`, packed."""
         cols, positions, slots = [], [], []
         for seq, start, n in items:
@@ -197,7 +194,7 @@ class ModelRunner:
             slots.extend(self.slot_of(seq.alloc.block_table, p) for p in range(start, start + n))
         return cols, positions, slots
 
-    def _prefill_eager(self, items: list[tuple[Sequence, int, int]]) -> Tensor:
+    def _prefill_eager(self, items: list[tuple[SeqLike, int, int]]) -> Tensor:
         if self.fused:  # one paged-attention launch per layer for all sequences
             return self.prefill_paged(self.prefill_inputs(items, sum(n for _, _, n in items)))
         cols, positions, slots = self._prompt_rows(items)
@@ -213,7 +210,7 @@ class ModelRunner:
 
         return self.model.slow_forward(self.model.embed(grid), pos, attend)
 
-    def prefill_inputs(self, items: list[tuple[Sequence, int, int]], pad_to: int, device: torch.device | None = None,
+    def prefill_inputs(self, items: list[tuple[SeqLike, int, int]], pad_to: int, device: torch.device | None = None,
                        fixed: bool = False) -> PrefillInputs:
         """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows. Padding
         tokens form one more run over the scratch block, each tile at positions from 0 (finite rows
@@ -250,7 +247,7 @@ class ModelRunner:
                                                   inp.tiles, self.prefill_block_m))
 
     # -- decode -----------------------------------------------------------------------------
-    def frame_inputs(self, seqs: list[Sequence], frame_offsets: list[int], pad_to: int,
+    def frame_inputs(self, seqs: list[SeqLike], frame_offsets: list[int], pad_to: int,
                      full_width: bool = False, device: torch.device | None = None) -> FrameInputs:
         """Inputs for one frame. Eager runs size block tables to the longest context in the batch;
         CUDA graphs need the fixed full width (`full_width`)."""

@@ -40,7 +40,7 @@ def _softmax_step(scores, visible, v, m, s, acc):
 
 @triton.jit
 def _rotate(x, cos, sin, BLOCK_N: tl.constexpr, D: tl.constexpr):
-    """RoPE of interleaved pairs (x[2i], x[2i+1]) as codec_layers.apply_rope: x [N, D], cos/sin [N, D/2]."""
+    """RoPE of interleaved pairs (x[2i], x[2i+1]) as codec_layers.apply_rope_cos_sin: x [N, D], cos/sin [N, D/2]."""
     even, odd = tl.split(tl.reshape(x, (BLOCK_N, D // 2, 2)))
     return tl.reshape(tl.join(even * cos - odd * sin, odd * cos + even * sin), (BLOCK_N, D))
 

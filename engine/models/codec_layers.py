@@ -129,7 +129,7 @@ def rope_cos_sin(positions: Tensor, head_dim: int, base: float) -> Tensor:
     return torch.stack([angles.cos(), angles.sin()], dim=-1).to(torch.bfloat16).float()
 
 
-def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+def apply_rope_cos_sin(x: Tensor, rope: Tensor) -> Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]). x [B, T, H, D]; rope [T, D/2, 2] shared by the
     rows, or [B, T, D/2, 2] per row (streams at different positions, `engine/batched_vocoder.py`)."""
     xf = x.float().unflatten(-1, (-1, 2))  # [B, T, H, D/2, 2]
@@ -175,7 +175,7 @@ class CodecAttention(nn.Module):
                 past_v: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, T, dim]; past k/v [B, H, P, D] or None. Returns (output, all keys, all values)."""
         q, k, v = self.wqkv(x).unflatten(-1, (3, self.n_head, self.head_dim)).unbind(2)  # [B, T, H, D]
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope_cos_sin(q, rope), apply_rope_cos_sin(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if past_k is not None:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)

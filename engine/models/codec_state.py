@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from engine.models.codec import Codec, CodecConfig
+from engine.state_dict import state_dict_mismatches
 
 GENERATOR_PREFIX = "generator."
 # Buffers upstream's transformers register (RoPE table, dense causal mask); we compute both on the fly.
@@ -80,21 +81,6 @@ def to_weight_norm_state_dict(model_state: dict[str, Tensor], wn_names: list[str
         out[prefix + g_suffix] = norm.to(w.dtype)
         out[prefix + v_suffix] = w.clone()
     return out
-
-
-def state_dict_mismatches(expected: dict[str, Tensor], got: dict[str, Tensor]) -> list[str]:
-    """Human-readable lines for every missing key, unexpected key and shape mismatch."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = [f"{k} (expected {tuple(expected[k].shape)}, got {tuple(got[k].shape)})"
-              for k in sorted(set(expected) & set(got)) if expected[k].shape != got[k].shape]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("shape mismatches", shapes)):
-        if items:
-            more = f" … and {len(items) - 20} more" if len(items) > 20 else ""
-            problems.append(f"{label}: {', '.join(items[:20])}{more}")
-    return problems
 
 
 def _read(path: Path) -> object:

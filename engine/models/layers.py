@@ -50,7 +50,7 @@ def rope_table(max_positions: int, head_dim: int, base: float, device: torch.dev
     return torch.complex(cos, sin)
 
 
-def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+def apply_rope_complex(x: Tensor, rope: Tensor) -> Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) as complex numbers, in float32.
 
     x [N, H, D]; rope [N, D/2] complex (each row's position)."""
@@ -78,7 +78,7 @@ class Attention(nn.Module):
         v = v.unflatten(-1, (c.n_local_heads, c.head_dim))
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope_complex(q, rope), apply_rope_complex(k, rope)
         out = attend(layer, q, k, v)  # [N, H, D]
         return self.wo(out.flatten(-2))
 

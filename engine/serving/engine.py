@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor
 
 from engine.ar.runner import ModelRunner, RunnerConfig
+from engine.backend import resolve_backend
 from engine.loader import LoadedModel
 from engine.params import RequestError, SamplingParams
 from engine.prompt import Reference, build_prompt, split_text
@@ -85,23 +85,21 @@ class Job:
 class Engine:
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         self.loaded, self.cfg = loaded, cfg
-        if cfg.fused_kernels and loaded.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("the fused kernels need a CUDA GPU (on CPU only Triton's interpreter runs them, "
-                             "for tests: TRITON_INTERPRET=1)")
+        self.backend = resolve_backend(loaded.device, cfg.fused_kernels, cfg.compile, cfg.cuda_graphs)
         cuda = loaded.device.type == "cuda"
         weights = device_bytes(loaded.device)
         # The vocoder before the KV pool, which is sized from the memory it leaves (memory_plan.py).
-        # One row per decoding stream is enough (see audio_streams.py).
-        fused_codec = cfg.fused_kernels is not False and not cfg.compile and cuda
+        # One row per decoding stream is enough (see vocoder/streams.py).
         self.streams = AudioStreams(loaded.codec, cfg.max_batch, cfg.vocoder_group_frames,
-                                    cfg.overlap_vocoder, fused=fused_codec, push_rows=cfg.vocoder_push_rows)
+                                    cfg.overlap_vocoder, fused=self.backend.fused_codec,
+                                    push_rows=cfg.vocoder_push_rows)
         if cuda:
             self.streams.warm_up()
         vocoder = device_bytes(loaded.device) - weights
         num_blocks = cfg.num_blocks or kv_blocks(loaded, cfg.block_size, cfg.gpu_memory_fraction, cfg.cpu_kv_mb)
         self.runner = ModelRunner(loaded.model, RunnerConfig(num_blocks, cfg.block_size, cfg.max_batch,
                                                              loaded.config.text.max_seq_len),
-                                  fused=False if cfg.compile else cfg.fused_kernels)
+                                  self.backend)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
         self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget, cfg.burst_hold_tokens)
         before_graphs = device_bytes(loaded.device)
@@ -132,9 +130,9 @@ class Engine:
     def _capture_graphs(self) -> None:
         cfg = self.cfg
         self.graphs = None
-        if cfg.cuda_graphs and self.loaded.device.type == "cuda":
+        if self.backend.cuda_graphs:
             from engine.ar.frame_graphs import FrameGraphs
-            self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=cfg.compile)
+            self.graphs = FrameGraphs(self.runner, cfg.graph_buckets(), compile=self.backend.ar_frame == "compiled")
             if self.runner.fused and cfg.prefill_graph_tokens:
                 from engine.ar.prefill_graphs import PrefillGraphs
                 self.runner.prefill_graphs = PrefillGraphs(self.runner, cfg.prefill_graph_tokens)

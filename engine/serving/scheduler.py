@@ -18,10 +18,6 @@ class StepPlan:
     prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)  # (seq, start, num_tokens)
     decode: list[Sequence] = field(default_factory=list)
 
-    @property
-    def empty(self) -> bool:
-        return not self.prefill and not self.decode
-
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int, hold_tokens: int) -> None:

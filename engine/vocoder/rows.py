@@ -152,16 +152,15 @@ def _tf32_matmuls() -> Iterator[None]:
 class SlotVocoder:
     """Incremental `Codec.decode` of up to `max_slots` independent streams, any subset per call."""
 
-    def __init__(self, codec: Codec, max_slots: int, fused: bool | None = None) -> None:
-        """fused: run the decoder with the kernels of fused_decoder.py (default: on CUDA in float32)."""
+    def __init__(self, codec: Codec, max_slots: int, fused: bool = False) -> None:
+        """fused: run the decoder with the kernels of fused_decoder.py (float32 codec; the backend's
+        codec_decoder decision, engine/backend.py)."""
         if max_slots < 1:
             raise ValueError(f"max_slots must be ≥ 1, got {max_slots}")
         self.codec, self.max_slots = codec, max_slots
         self.layout = state_layout(codec)
         row_numel = sum(s.numel for s in self.layout.values())
         device = codec.decoder.model[0].conv.weight.device
-        if fused is None:
-            fused = device.type == "cuda" and codec.dtype == torch.float32
         if fused and codec.dtype != torch.float32:
             raise ValueError("the fused codec decoder runs in float32")
         # Its convs keep their context as [L, C_in] (channels-last) in the same slices.

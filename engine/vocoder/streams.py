@@ -55,8 +55,8 @@ class _Decoded:
 
 class AudioStreams:
     def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True,
-                 fused: bool | None = None, push_rows: int | None = None) -> None:
-        """fused: decode with the codec kernels of fused_decoder.py (default: on CUDA in float32).
+                 fused: bool = False, push_rows: int | None = None) -> None:
+        """fused: decode with the codec kernels of fused_decoder.py (the backend decides; float32 codec).
         push_rows: streams decoded in one call at most (default max_rows)."""
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
         # handful of shapes (each new conv shape costs a slow first call on the GPU).

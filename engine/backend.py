@@ -1,0 +1,61 @@
+"""The one place that decides which implementation runs each part of the engine on this device.
+
+Resolved once, from the engine's settings and the device, and handed to the runner and the vocoder;
+no module or model looks at the device (or at Triton's interpreter) to pick a path itself.
+
+    ar_frame          fused: the Triton kernels of kernels/ (CUDA; on CPU only under Triton's interpreter)
+                      module: the plain torch modules of models/ (every device; the oracle)
+                      compiled: the module path through torch.compile (CUDA graphs capture it)
+    decode_attention  triton: the paged decode kernel (CUDA); torch: gather + SDPA (everywhere else)
+    codec_decoder     fused: the codec kernels of vocoder/fused_decoder.py (CUDA, float32 codec)
+                      module: the plain torch codec modules, stepped stream by stream
+    cuda_graphs       frames, prefill steps and vocoder pushes replayed from captured graphs
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from engine.kernels.launch import INTERPRET, enable_pdl
+
+ArFrame = Literal["fused", "module", "compiled"]
+PDL_MIN_CAPABILITY = 9  # programmatic dependent launch exists from Hopper on
+
+
+@dataclass(frozen=True)
+class Backend:
+    ar_frame: ArFrame = "module"
+    decode_attention: Literal["triton", "torch"] = "torch"
+    codec_decoder: Literal["fused", "module"] = "module"
+    cuda_graphs: bool = False
+
+    @property
+    def fused_ar(self) -> bool:
+        return self.ar_frame == "fused"
+
+    @property
+    def fused_codec(self) -> bool:
+        return self.codec_decoder == "fused"
+
+
+def resolve_backend(device: torch.device, fused_kernels: bool | None = None, compile: bool = False,
+                    cuda_graphs: bool = True) -> Backend:
+    """fused_kernels: None = on CUDA; True also runs on CPU under TRITON_INTERPRET=1 (the tests).
+    compile: the module path compiled (excludes fused_kernels). Enables PDL launches on a GPU that has them."""
+    cuda = device.type == "cuda"
+    if fused_kernels and not cuda and not INTERPRET:
+        raise ValueError("the fused kernels need a CUDA GPU (on CPU only Triton's interpreter runs them, "
+                         "for tests: TRITON_INTERPRET=1)")
+    if compile:
+        ar_frame: ArFrame = "compiled"
+    elif cuda if fused_kernels is None else fused_kernels:
+        ar_frame = "fused"
+    else:
+        ar_frame = "module"
+    if cuda and not INTERPRET and torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY:
+        enable_pdl()
+    return Backend(ar_frame, "triton" if cuda else "torch",
+                   "fused" if cuda and fused_kernels is not False and not compile else "module",
+                   cuda_graphs and cuda)
