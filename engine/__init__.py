@@ -3,14 +3,32 @@
 This is the engine's public face: callers (the playground, the API, scripts) import these names from
 `engine` and nothing deeper, so the inside can move without breaking them (tests/test_exports.py).
 """
-from engine.audio import (CONTENT_TYPES, MAX_UPLOAD_BYTES, SAMPLE_RATE, AudioError, DecodedClip,  # noqa: I001
-                          DecoderBusyError, StreamEncoder, encode_audio, float_to_int16, is_silent, load_clip,
-                          normalize_loudness, time_stretch, trim_silence)
+from engine.audio import MAX_UPLOAD_BYTES, SAMPLE_RATE, AudioError, DecodedClip, DecoderBusyError, is_silent, load_clip
+from engine.audio_out import (
+                           CONTENT_TYPES,
+                           StreamEncoder,
+                           encode_audio,
+                           float_to_int16,
+                           normalize_loudness,
+                           time_stretch,
+                           trim_silence,
+)
 from engine.checkpoint import DEFAULT_MODEL_ID, CheckpointError, resolve_model_path
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
-from engine.params import (DEFAULT_CHUNK_LENGTH, DEFAULT_MAX_FRAMES, MAX_CHUNK_LENGTH, MAX_FRAMES_LIMIT,
-                           MAX_REFERENCE_SECONDS, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, MIN_REFERENCE_SECONDS,
-                           SEED_LIMIT, RequestError, SamplingParams, random_seed)
+from engine.params import (
+                           DEFAULT_CHUNK_LENGTH,
+                           DEFAULT_MAX_FRAMES,
+                           MAX_CHUNK_LENGTH,
+                           MAX_FRAMES_LIMIT,
+                           MAX_REFERENCE_SECONDS,
+                           MAX_TEXT_CHARS,
+                           MIN_CHUNK_LENGTH,
+                           MIN_REFERENCE_SECONDS,
+                           SEED_LIMIT,
+                           RequestError,
+                           SamplingParams,
+                           random_seed,
+)
 from engine.prompt import split_text
 from engine.serving.admission import EngineBusy, EngineUnhealthy
 from engine.serving.async_engine import AsyncEngine, AudioChunk

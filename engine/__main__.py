@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.audio import encode_audio, load_audio
+from engine.audio import load_audio
+from engine.audio_out import encode_audio
 from engine.checkpoint import resolve_model_path
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
 from engine.params import SamplingParams

@@ -9,17 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio import (
+from engine.audio import SAMPLE_RATE, AudioError, duration_seconds, is_silent, load_audio, load_clip
+from engine.audio_out import (
     CONTENT_TYPES,
-    SAMPLE_RATE,
-    AudioError,
     StreamEncoder,
-    duration_seconds,
     encode_audio,
     float_to_int16,
-    is_silent,
-    load_audio,
-    load_clip,
     normalize_loudness,
     time_stretch,
     trim_silence,

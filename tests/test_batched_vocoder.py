@@ -1,4 +1,4 @@
-"""SlotVocoder tests: streams that start at different times, share pushes in any subsets and reuse
+"""RowVocoder tests: streams that start at different times, share pushes in any subsets and reuse
 reset slots each decode to exactly `Codec.decode` of their own codes; rows not pushed keep their
 state; the state tensors never change size. Tiny codec (windows of 4 frames), CPU, float32."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.models.codec import Codec
-from engine.vocoder.rows import SlotVocoder
+from engine.vocoder.rows import RowVocoder
 from tests.test_vocoder import HOP, make_codec, random_codes
 
 
@@ -40,7 +40,7 @@ def assert_decodes_alone(codec: Codec, stream: Stream) -> None:
     torch.testing.assert_close(torch.cat(stream.chunks), reference, atol=1e-5, rtol=0)
 
 
-def push_and_check_others(vocoder: SlotVocoder, active: dict[int, Stream], chosen: list[int],
+def push_and_check_others(vocoder: RowVocoder, active: dict[int, Stream], chosen: list[int],
                           n: int) -> None:
     """Push n frames for the `chosen` slots; every other row's state and position stay bit-equal."""
     state, positions = vocoder.state.clone(), vocoder.positions.clone()
@@ -49,7 +49,7 @@ def push_and_check_others(vocoder: SlotVocoder, active: dict[int, Stream], chose
     assert pcm.shape == (len(chosen), n * HOP)
     for slot, row in zip(chosen, pcm):
         active[slot].chunks.append(row)
-    others = [s for s in range(vocoder.max_slots) if s not in chosen]
+    others = [s for s in range(vocoder.max_rows) if s not in chosen]
     assert torch.equal(vocoder.state[others], state[others])
     assert torch.equal(vocoder.positions[others], positions[others])
 
@@ -60,7 +60,7 @@ def test_interleaved_streams_decode_alone(codec: Codec, seed: int) -> None:
     # per slot: (first step, stream lengths in order); slots 1 and 3 are reset and reused
     plan = {0: (0, [13]), 1: (2, [9, 8]), 2: (5, [11]), 3: (1, [5, 7])}
     queued = {slot: list(lengths) for slot, (_, lengths) in plan.items()}
-    vocoder, active, finished = SlotVocoder(codec, 4), {}, []
+    vocoder, active, finished = RowVocoder(codec, 4), {}, []
     batch_sizes, ns = set(), set()
     for step in range(200):
         for slot, (first, _) in plan.items():
@@ -84,7 +84,7 @@ def test_interleaved_streams_decode_alone(codec: Codec, seed: int) -> None:
 
 
 def test_long_streams_cross_the_window_with_fixed_state(codec: Codec) -> None:
-    vocoder = SlotVocoder(codec, 2)
+    vocoder = RowVocoder(codec, 2)
     shape, pointer = vocoder.state.shape, vocoder.state.data_ptr()
     streams = {0: Stream(40, seed=11), 1: Stream(40, seed=12)}  # 10× the 4-frame attention window
     vocoder.reset(0)
@@ -100,7 +100,7 @@ def test_long_streams_cross_the_window_with_fixed_state(codec: Codec) -> None:
 
 
 def test_reset_slot_ignores_the_previous_streams_keys(codec: Codec) -> None:
-    vocoder = SlotVocoder(codec, 2)
+    vocoder = RowVocoder(codec, 2)
     vocoder.reset(0)
     old = Stream(10, seed=21)
     push_and_check_others(vocoder, {0: old}, [0], 3)
@@ -116,7 +116,7 @@ def test_reset_slot_ignores_the_previous_streams_keys(codec: Codec) -> None:
 
 
 def test_empty_and_bad_pushes(codec: Codec) -> None:
-    vocoder = SlotVocoder(codec, 3)
+    vocoder = RowVocoder(codec, 3)
     assert vocoder.push(torch.tensor([0, 2]), torch.zeros(2, 10, 0, dtype=torch.long)).shape == (2, 0)
     assert not vocoder.positions.any()
     codes = random_codes(2, 1)
@@ -128,5 +128,5 @@ def test_empty_and_bad_pushes(codec: Codec) -> None:
         vocoder.push(torch.tensor([0, 1]), codes[:, :9])
     with pytest.raises(ValueError, match=r"outside 0\.\.2"):
         vocoder.reset(3)
-    with pytest.raises(ValueError, match="max_slots"):
-        SlotVocoder(codec, 0)
+    with pytest.raises(ValueError, match="max_rows"):
+        RowVocoder(codec, 0)

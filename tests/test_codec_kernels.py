@@ -12,7 +12,7 @@ from engine.kernels.codec import launch_conv, plan_conv, snake_after_context
 from engine.models.codec import Codec, ResidualUnit
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 from engine.vocoder.fused_decoder import FusedDecoder, launch_unit
-from engine.vocoder.rows import SlotVocoder
+from engine.vocoder.rows import RowVocoder
 from tests.test_vocoder import HOP, make_codec, random_codes
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: the interpreter
@@ -32,7 +32,7 @@ def codec() -> Codec:
 
 @OPERANDS
 def test_fused_pushes_equal_module_pushes(codec: Codec, operands: torch.dtype) -> None:
-    fused, plain = SlotVocoder(codec, 3, fused=True), SlotVocoder(codec, 3, fused=False)
+    fused, plain = RowVocoder(codec, 3, fused=True), RowVocoder(codec, 3, fused=False)
     assert fused.fused is not None and plain.fused is None
     assert fused.fused.first.weight.dtype == torch.float16  # the default
     fused.fused = FusedDecoder(codec.decoder, operands)
@@ -113,7 +113,7 @@ def test_conv_kernel_equals_torch(kind: str, split: int, operands: torch.dtype) 
 def test_fused_codec_decoder_needs_float32(codec: Codec) -> None:
     half = make_codec().to(DEVICE, torch.bfloat16)
     with pytest.raises(ValueError, match="float32"):
-        SlotVocoder(half, 2, fused=True)
+        RowVocoder(half, 2, fused=True)
     with pytest.raises(ValueError, match="float16 or float32 operands"):
         FusedDecoder(codec.decoder, torch.bfloat16)
 
@@ -160,7 +160,7 @@ def test_residual_unit_kernel_equals_two_convs(channels: int, then: str, operand
 def test_fused_units_equal_two_kernel_units(codec: Codec, operands: torch.dtype) -> None:
     """The decoder with its residual units as one kernel each against the same decoder with each unit
     as two convs, over pushes that carry every conv's context from one to the next."""
-    one, two = SlotVocoder(codec, 2, fused=True), SlotVocoder(codec, 2, fused=True)
+    one, two = RowVocoder(codec, 2, fused=True), RowVocoder(codec, 2, fused=True)
     one.fused = FusedDecoder(codec.decoder, operands)
     two.fused = FusedDecoder(codec.decoder, operands, fused_units=False)
     # the same products in both; on the GPU TF32 tiles of other shapes may sum them in another order

@@ -111,11 +111,11 @@ def test_fused_codec_decoder_equals_module_path_at_real_shapes() -> None:
     """Real codec shapes (random weights): pushes of the fused decoder (split over programs for few
     rows, tiled for many; float16 operands) against the module path's TF32 convolutions."""
     from engine.models.codec import Codec, CodecConfig
-    from engine.vocoder.rows import SlotVocoder
+    from engine.vocoder.rows import RowVocoder
     torch.manual_seed(0)
     with torch.device("cuda"):
         codec = Codec(CodecConfig()).eval().requires_grad_(False)
-    fused, plain = SlotVocoder(codec, 4, fused=True), SlotVocoder(codec, 4, fused=False)
+    fused, plain = RowVocoder(codec, 4, fused=True), RowVocoder(codec, 4, fused=False)
     for slots, n in [([0], 1), ([0, 1, 2], 2), ([2, 0], 8), ([1], 1)]:
         codes = torch.randint(0, 1024, (len(slots), 10, n), device="cuda")
         index = torch.tensor(slots, device="cuda")

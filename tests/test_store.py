@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, DecodedClip, float_to_int16
+from engine.audio import SAMPLE_RATE, DecodedClip
+from engine.audio_out import float_to_int16
 from playground.store import (
     DB_FILE,
     EXPORTS_DIR,

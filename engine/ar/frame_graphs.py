@@ -14,6 +14,7 @@ import torch
 
 from engine.ar.runner import FrameInputs, ModelRunner
 from engine.ar.seq import SeqLike
+from engine.cuda_graph import capture_graph
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,7 @@ class FrameGraphs:
 
     def _capture(self, batch: int) -> tuple[torch.cuda.CUDAGraph, FrameInputs, torch.Tensor]:
         static = self._static_inputs(batch)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up: allocator, autotuning, lazy init
-                self.frame(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.frame(static)
+        graph, out = capture_graph(lambda: self.frame(static), self.pool)
         return graph, static, out
 
     def bucket_for(self, batch: int) -> int:

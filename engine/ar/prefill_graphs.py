@@ -16,6 +16,7 @@ import torch
 
 from engine.ar.runner import ModelRunner, PrefillInputs
 from engine.ar.seq import SeqLike
+from engine.cuda_graph import capture_graph
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,7 @@ class PrefillGraphs:
 
     def _capture(self, tokens: int) -> tuple[torch.cuda.CUDAGraph, PrefillInputs, torch.Tensor]:
         static = self.runner.prefill_inputs([], tokens, fixed=True)  # all padding: warm-up writes only scratch
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.runner.prefill_paged(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.runner.prefill_paged(static)
+        graph, out = capture_graph(lambda: self.runner.prefill_paged(static), self.pool)
         return graph, static, out
 
     def run(self, items: list[tuple[SeqLike, int, int]]) -> torch.Tensor:

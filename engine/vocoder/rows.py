@@ -1,17 +1,17 @@
 """Slot-batched streaming codec decode: one call decodes the next frames of any subset of streams.
 
 With continuous batching, streams join and leave at different times and sit at different positions,
-so lockstep batching (`StreamingDecoder` with B rows) does not apply. `SlotVocoder` keeps the carried
-decoder state of up to `max_slots` streams in fixed tensors indexed by slot: `state [max_slots, S]`
+so lockstep batching (`StreamingDecoder` with B rows) does not apply. `RowVocoder` keeps the carried
+decoder state of up to `max_rows` streams in fixed tensors indexed by row: `state [max_rows, S]`
 packs, per row, the post-quantizer transformer's keys/values of its last `window - 1` positions per
 layer (first, in ring order: position p in entry p mod (window-1)), every conv's left context and
-every transposed conv's previous input frames; `positions [max_slots]` counts the frames each row's
+every transposed conv's previous input frames; `positions [max_rows]` counts the frames each row's
 stream has decoded. `push` gathers the listed rows' conv contexts, decodes them in one batched pass
 (the layer walk of `engine/vocoder.py`) and scatters the contexts back; the transformer's keys are
 gathered and scattered the same way on the module path, and read and advanced where they lie by
 `engine/window_attention.py` on the fused one. Other rows are untouched. Shapes depend only on
 (B, n) and nothing syncs with the host, so `push` can be captured in a CUDA graph per (B, n) with
-static `slots` / `codes` buffers.
+static `rows` / `codes` buffers.
 
 On CUDA (float32) the decoder part runs through the fused kernels of `engine/fused_decoder.py` (float16
 products, float32 activations), whose convolutions keep their context in the same slices as [L, C_in]
@@ -21,7 +21,7 @@ upsampling blocks before it take the layer walk either way.
 Exact per row: upstream numbers transformer positions from 0 within each stream and its RoPE tables
 are bf16-rounded, so each row's RoPE is computed at its own positions; each row's attention mask hides
 keys before its own stream start, which covers both the zero padding of a fresh stream and any keys a
-previous stream left in the slot.
+previous stream left in the row.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def _row_state_shape(module: nn.Module) -> tuple[int, ...]:
 
 def state_layout(codec: Codec) -> dict[nn.Module, StateSlice]:
     """One slice per stateful decode layer (empty ones too, so every layer takes the same path); the
-    windowed transformer's come first (`SlotVocoder` gathers only what follows them)."""
+    windowed transformer's come first (`RowVocoder` gathers only what follows them)."""
     modules = [m for top in decode_modules(codec) for m in top.modules() if isinstance(m, STATEFUL)]
     modules.sort(key=lambda m: not isinstance(m, WindowedTransformer))  # stable
     layout, start = {}, 0
@@ -105,11 +105,11 @@ def window_step(module: WindowedTransformer, x: Tensor, kv: Tensor, pos: Tensor)
     return module.norm(h).transpose(1, 2)
 
 
-def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, where: StateSlice, slots: Tensor,
+def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, where: StateSlice, rows: Tensor,
                       pos: Tensor, gate_up: list[Tensor]) -> Tensor:
     """`window_step` in nine kernels a layer: each residual add (with its layer scale) and the norm after
     it in one, the matmuls, the attention of `engine/window_attention.py` (which reads each row's keys
-    and values in its slot's row of `state`, the slice `where`, and advances them there) and the SwiGLU
+    and values in its row of `state`, the slice `where`, and advances them there) and the SwiGLU
     gate on the layer's `gate_up` matrix (`fused_stack.fuse_gate_up`). Same arithmetic as
     TransformerLayer.forward."""
     batch, _, num_new = x.shape
@@ -122,7 +122,7 @@ def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, whe
         attention, norm = layer.attention, layer.attention_norm
         h, n = add_rmsnorm(h, delta, norm.weight, norm.eps, scale)
         qkv = F.linear(n, attention.wqkv.weight).view(batch, num_new, 3, heads, dim)
-        a = window_attention(qkv, rope, state, slots, pos, where.start + i * per_layer, module.window)
+        a = window_attention(qkv, rope, state, rows, pos, where.start + i * per_layer, module.window)
         delta, scale = F.linear(a.view(batch * num_new, -1), attention.wo.weight), layer.attention_layer_scale.gamma
         h, n = add_rmsnorm(h, delta, layer.ffn_norm.weight, layer.ffn_norm.eps, scale)
         delta = F.linear(silu_mul(F.linear(n, w13)), layer.feed_forward.w2.weight)
@@ -149,15 +149,15 @@ def _tf32_matmuls() -> Iterator[None]:
         setattr(matmul, name, before)
 
 
-class SlotVocoder:
-    """Incremental `Codec.decode` of up to `max_slots` independent streams, any subset per call."""
+class RowVocoder:
+    """Incremental `Codec.decode` of up to `max_rows` independent streams, any subset per call."""
 
-    def __init__(self, codec: Codec, max_slots: int, fused: bool = False) -> None:
+    def __init__(self, codec: Codec, max_rows: int, fused: bool = False) -> None:
         """fused: run the decoder with the kernels of fused_decoder.py (float32 codec; the backend's
         codec_decoder decision, engine/backend.py)."""
-        if max_slots < 1:
-            raise ValueError(f"max_slots must be ≥ 1, got {max_slots}")
-        self.codec, self.max_slots = codec, max_slots
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be ≥ 1, got {max_rows}")
+        self.codec, self.max_rows = codec, max_rows
         self.layout = state_layout(codec)
         row_numel = sum(s.numel for s in self.layout.values())
         device = codec.decoder.model[0].conv.weight.device
@@ -172,29 +172,29 @@ class SlotVocoder:
         # each fused transformer layer's w1/w3 as one row-paired matrix (the modules keep views of it)
         self.gate_up = {m: [fuse_gate_up(layer) for layer in m.layers]
                         for m in self.layout if fused and isinstance(m, WindowedTransformer)}
-        self.state = torch.zeros(max_slots, row_numel, dtype=codec.dtype, device=device)
-        self.positions = torch.zeros(max_slots, dtype=torch.long, device=device)  # frames decoded
+        self.state = torch.zeros(max_rows, row_numel, dtype=codec.dtype, device=device)
+        self.positions = torch.zeros(max_rows, dtype=torch.long, device=device)  # frames decoded
 
-    def reset(self, slot: int) -> None:
-        """Start a new stream in `slot`: zero state (= the one-shot left padding), position 0."""
-        if not 0 <= slot < self.max_slots:
-            raise ValueError(f"slot {slot} is outside 0..{self.max_slots - 1}")
-        self.state[slot].zero_()
-        self.positions[slot] = 0
+    def reset(self, row: int) -> None:
+        """Start a new stream in `row`: zero state (= the one-shot left padding), position 0."""
+        if not 0 <= row < self.max_rows:
+            raise ValueError(f"row {row} is outside 0..{self.max_rows - 1}")
+        self.state[row].zero_()
+        self.positions[row] = 0
 
     @torch.inference_mode()
-    def push(self, slots: Tensor, codes: Tensor) -> Tensor:
-        """codes [B, 10, n] -> PCM [B, n·2048]: the next n frames of the stream in each of `slots`
+    def push(self, rows: Tensor, codes: Tensor) -> Tensor:
+        """codes [B, 10, n] -> PCM [B, n·2048]: the next n frames of the stream in each of `rows`
         [B] (distinct, in range; not checked, which would sync with the device)."""
-        self._check(slots, codes)
+        self._check(rows, codes)
         batch, num_frames = codes.shape[0], codes.shape[-1]
         if batch == 0 or num_frames == 0:
             return torch.zeros(batch, num_frames * self.codec.config.hop_length,
                                dtype=self.codec.dtype, device=self.state.device)
         gathered = self.state[:, self.gathered_from:]
-        rows = gathered.index_select(0, slots)  # [B, S'], advanced in place by the layers
-        pos = self.positions.index_select(0, slots)  # [B]
-        step = lambda module, x: self._step(module, x, rows, slots, pos)
+        states = gathered.index_select(0, rows)  # [B, S'], advanced in place by the layers
+        pos = self.positions.index_select(0, rows)  # [B]
+        step = lambda module, x: self._step(module, x, states, rows, pos)
         if self.fused is None:
             audio = stream_decode(self.codec, codes, step)
         else:
@@ -203,26 +203,26 @@ class SlotVocoder:
                 for module in decode_modules(self.codec)[:-1]:
                     z = stream_through(module, z, step)
             start = self.gathered_from
-            contexts = {m: rows[:, s.start - start:s.start - start + s.numel]
+            contexts = {m: states[:, s.start - start:s.start - start + s.numel]
                         for m, s in self.layout.items() if s.start >= start}
             audio = self.fused.run(z.transpose(1, 2).contiguous(), contexts)
-        gathered.index_copy_(0, slots, rows)
-        self.positions.index_copy_(0, slots, pos + num_frames)
+        gathered.index_copy_(0, rows, states)
+        self.positions.index_copy_(0, rows, pos + num_frames)
         return audio
 
-    def _step(self, module: nn.Module, x: Tensor, rows: Tensor, slots: Tensor, pos: Tensor) -> Tensor:
+    def _step(self, module: nn.Module, x: Tensor, states: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
         where = self.layout[module]
         if isinstance(module, WindowedTransformer) and self.fused is not None:
-            return fused_window_step(module, x, self.state, where, slots, pos, self.gate_up[module])
-        state = where.view(rows, self.gathered_from)
+            return fused_window_step(module, x, self.state, where, rows, pos, self.gate_up[module])
+        state = where.view(states, self.gathered_from)
         if isinstance(module, WindowedTransformer):
             return window_step(module, x, state, pos)
         y, context = module.step(x, state)
         state.copy_(context)
         return y
 
-    def _check(self, slots: Tensor, codes: Tensor) -> None:
+    def _check(self, rows: Tensor, codes: Tensor) -> None:
         self.codec.check_codes(codes)
-        if slots.ndim != 1 or slots.dtype != torch.long or slots.shape[0] != codes.shape[0]:
-            raise ValueError(f"slots must be int64 [B] with one slot per codes row; got "
-                             f"{tuple(slots.shape)} {slots.dtype} for codes {tuple(codes.shape)}")
+        if rows.ndim != 1 or rows.dtype != torch.long or rows.shape[0] != codes.shape[0]:
+            raise ValueError(f"rows must be int64 [B] with one row per codes row; got "
+                             f"{tuple(rows.shape)} {rows.dtype} for codes {tuple(codes.shape)}")

@@ -1,4 +1,4 @@
-"""Turns each request's new frames into PCM with one batched SlotVocoder call per step.
+"""Turns each request's new frames into PCM with one batched RowVocoder call per step.
 
 A streaming request gets a vocoder row at its first frame and keeps it for its whole life (across
 text chunks). Rows hold no more streams than decode at once: a row is taken only by a request that
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from engine.cuda_graph import capture_graph
 from engine.models.codec import Codec
-from engine.vocoder.rows import SlotVocoder
+from engine.vocoder.rows import RowVocoder
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class AudioStreams:
         push_rows: streams decoded in one call at most (default max_rows)."""
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
         # handful of shapes (each new conv shape costs a slow first call on the GPU).
-        self.vocoder = SlotVocoder(codec, max_rows + 1, fused)
+        self.vocoder = RowVocoder(codec, max_rows + 1, fused)
         self.max_rows = max_rows
         self.scratch_row = max_rows
         self.push_rows = min(max_rows, push_rows or max_rows)
@@ -93,15 +94,9 @@ class AudioStreams:
     def _capture(self, rows: int, n: int) -> None:
         slots = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
         codes = torch.zeros(rows, 10, n, dtype=torch.long, device=self.device)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self.vocoder.push(slots, codes)  # warm-up outside the graph
-        torch.cuda.current_stream().wait_stream(stream)
+        assert self.graph_pool is not None
         try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.graph_pool):
-                out = self.vocoder.push(slots, codes)
+            graph, out = capture_graph(lambda: self.vocoder.push(slots, codes), self.graph_pool, self.device)
         except RuntimeError as exc:  # keep serving eagerly rather than not at all
             log.warning("vocoder graph for %d rows x %d frames not captured: %s", rows, n, exc)
             return
