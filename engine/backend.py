@@ -13,12 +13,13 @@ no module or model looks at the device (or at Triton's interpreter) to pick a pa
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from engine.kernels.launch import INTERPRET, enable_pdl
+from engine.kernels.launch import enable_pdl
 
 ArFrame = Literal["fused", "module", "compiled"]
 PDL_MIN_CAPABILITY = 9  # programmatic dependent launch exists from Hopper on
@@ -45,7 +46,8 @@ def resolve_backend(device: torch.device, fused_kernels: bool | None = None, com
     """fused_kernels: None = on CUDA; True also runs on CPU under TRITON_INTERPRET=1 (the tests).
     compile: the module path compiled (excludes fused_kernels). Enables PDL launches on a GPU that has them."""
     cuda = device.type == "cuda"
-    if fused_kernels and not cuda and not INTERPRET:
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"  # read when deciding: tests switch it
+    if fused_kernels and not cuda and not interpret:
         raise ValueError("the fused kernels need a CUDA GPU (on CPU only Triton's interpreter runs them, "
                          "for tests: TRITON_INTERPRET=1)")
     if compile:
@@ -54,7 +56,7 @@ def resolve_backend(device: torch.device, fused_kernels: bool | None = None, com
         ar_frame = "fused"
     else:
         ar_frame = "module"
-    if cuda and not INTERPRET and torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY:
+    if cuda and not interpret and torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY:
         enable_pdl()
     return Backend(ar_frame, "triton" if cuda else "torch",
                    "fused" if cuda and fused_kernels is not False and not compile else "module",

@@ -14,15 +14,15 @@ DEFAULT_MAX_FRAMES = 2048  # budget over all text chunks of a request
 MIN_CHUNK_LENGTH, MAX_CHUNK_LENGTH = 50, 5000  # characters per text chunk when the text is split
 DEFAULT_CHUNK_LENGTH = 300  # 0 = never split
 MIN_REFERENCE_SECONDS, MAX_REFERENCE_SECONDS = 1.0, 30.0  # a reference clip: long enough to carry a voice
-SEED_LIMIT = 2**32  # seeds lie in [0, SEED_LIMIT): the sampler's counter hash takes 32-bit seeds and
-# a seed this size can still be read out and retyped
+SEED_LIMIT = 2**63  # seeds lie in [0, SEED_LIMIT): the sampler hashes both 32-bit halves of an int64
+RANDOM_SEED_LIMIT = 2**32  # a drawn seed stays short enough to read out and retype
 MAX_TEMPERATURE = 2.0
 MAX_TOP_K = 4096  # the codebook size: a larger k keeps every code anyway
 
 
 def random_seed() -> int:
     """The one draw of a seed for a request that sent none."""
-    return secrets.randbelow(SEED_LIMIT)
+    return secrets.randbelow(RANDOM_SEED_LIMIT)
 
 
 class RequestError(ValueError):
@@ -51,4 +51,4 @@ class SamplingParams:
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise RequestError("top_k", f"top_k must be in [1, {MAX_TOP_K}], got {self.top_k}")
         if not 0 <= self.seed < SEED_LIMIT:
-            raise RequestError("seed", f"seed must be in [0, 2**32), got {self.seed}")
+            raise RequestError("seed", f"seed must be in [0, 2**63), got {self.seed}")
