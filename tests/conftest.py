@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run (and are tested) through Triton's interpreter on CPU tensors; it
+# is chosen when a kernel is defined, so before anything imports engine.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from engine.loader import LoadedModel, load_model_dir
 from engine.prompt import build_prompt
 from engine.reference import DenseKVCache
@@ -16,10 +21,6 @@ from engine.tokenizer import TextTokenizer
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 from engine.tools.tiny_tokenizer import write_tiny_tokenizer
 
-# Without a GPU the Triton kernels run (and are tested) through Triton's interpreter on CPU tensors; it
-# is chosen when a kernel is defined, so before anything imports engine.kernels.
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tiny models are fastest single-threaded, and 2 cores shared with servers under test oversubscribe.
 torch.set_num_threads(1)
