@@ -21,7 +21,6 @@ from engine.tokenizer import TextTokenizer
 from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 from engine.tools.tiny_tokenizer import write_tiny_tokenizer
 
-
 # Tiny models are fastest single-threaded, and 2 cores shared with servers under test oversubscribe.
 torch.set_num_threads(1)
 
