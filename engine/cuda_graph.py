@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -13,7 +13,7 @@ T = TypeVar("T")
 WARMUP_CALLS = 3
 
 
-def capture_graph(fn: Callable[[], T], pool: tuple[int, int], device: torch.device | None = None
+def capture_graph(fn: Callable[[], T], pool: Any, device: torch.device | None = None
                   ) -> tuple[torch.cuda.CUDAGraph, T]:
     """Warm fn up on a side stream, then capture one call of it into a graph in the shared memory
     `pool` (torch.cuda.graph_pool_handle()); returns the graph and that call's output (static buffers

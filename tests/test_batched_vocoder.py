@@ -120,7 +120,7 @@ def test_empty_and_bad_pushes(codec: Codec) -> None:
     assert vocoder.push(torch.tensor([0, 2]), torch.zeros(2, 10, 0, dtype=torch.long)).shape == (2, 0)
     assert not vocoder.positions.any()
     codes = random_codes(2, 1)
-    with pytest.raises(ValueError, match="one slot per codes row"):
+    with pytest.raises(ValueError, match="one row per codes row"):
         vocoder.push(torch.tensor([0]), codes)
     with pytest.raises(ValueError, match="int64"):
         vocoder.push(torch.tensor([0, 1], dtype=torch.int32), codes)

@@ -29,6 +29,7 @@ class FusedFrame:
         model, mc, dev = r.model, r.model.cfg, r.device
         t, a = mc.text, mc.audio
         self.prefill_block_m = prefill_block_m(t.n_head // t.n_local_heads)  # tokens per prefill query tile
+        assert model.slow_rope is not None and model.fast_rope is not None  # DualAR.init_rope ran
         self.slow_stack = FusedStack(model.text_model.model.layers, model.text_model.model.norm, t,
                                      model.slow_rope)
         self.fast_stack = FusedStack(model.audio_decoder.layers, model.audio_decoder.norm, a, model.fast_rope)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -46,7 +47,7 @@ class FrameGraphs:
     def bucket_for(self, batch: int) -> int:
         return next(b for b in self.buckets if b >= batch)
 
-    def launch(self, seqs: list[SeqLike], frame_offsets: list[int]) -> torch.Tensor:
+    def launch(self, seqs: Sequence[SeqLike], frame_offsets: list[int]) -> torch.Tensor:
         """Replay the frame for `seqs` without waiting; returns the [B, 11] device output."""
         bucket = self.bucket_for(len(seqs))
         graph, static, out = self.graphs[bucket]

@@ -4,6 +4,7 @@ dense per-row cache of its 10 positions.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +27,7 @@ class ModuleFrame:
         self.k_fast = torch.zeros(fast, dtype=runner.dtype, device=runner.device)
         self.v_fast = torch.zeros(fast, dtype=runner.dtype, device=runner.device)
 
-    def prefill(self, items: list[tuple[SeqLike, int, int]]) -> Tensor:
+    def prefill(self, items: Sequence[tuple[SeqLike, int, int]]) -> Tensor:
         """Prompt ranges through the modules, each sequence attending causally over its blocks."""
         r = self.runner
         cols, positions, slots = r.prompt_rows(items)

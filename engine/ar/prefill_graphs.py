@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import torch
 
@@ -39,7 +40,7 @@ class PrefillGraphs:
         graph, out = capture_graph(lambda: self.runner.prefill_paged(static), self.pool)
         return graph, static, out
 
-    def run(self, items: list[tuple[SeqLike, int, int]]) -> torch.Tensor:
+    def run(self, items: Sequence[tuple[SeqLike, int, int]]) -> torch.Tensor:
         """Prefill `items` (at most max_tokens in all); returns hidden rows in item order [bucket, dim]."""
         total = sum(n for _, _, n in items)
         bucket = next(b for b in self.buckets if b >= total)

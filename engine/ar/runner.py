@@ -13,6 +13,7 @@ Tests compare them (tests/test_kernels.py, tests/test_cuda.py).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -138,7 +139,7 @@ class ModelRunner:
 
     # -- prefill ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, items: list[tuple[SeqLike, int, int]]) -> None:
+    def prefill(self, items: Sequence[tuple[SeqLike, int, int]]) -> None:
         """Compute KV for prompt ranges; sequences that finish their prompt get their last hidden."""
         total = sum(n for _, _, n in items)
         if self.prefill_graphs is not None and total <= self.prefill_graphs.max_tokens:
@@ -151,7 +152,7 @@ class ModelRunner:
             if start + n == seq.prompt_len:
                 self.hidden[seq.slot] = hidden[end - 1]
 
-    def prompt_rows(self, items: list[tuple[SeqLike, int, int]]) -> tuple[list, list[int], list[int]]:
+    def prompt_rows(self, items: Sequence[tuple[SeqLike, int, int]]) -> tuple[list, list[int], list[int]]:
         """The prompt columns, positions and flat KV slots of the token ranges in `items`, packed."""
         cols, positions, slots = [], [], []
         for seq, start, n in items:
@@ -160,12 +161,12 @@ class ModelRunner:
             slots.extend(self.slot_of(seq.alloc.block_table, p) for p in range(start, start + n))
         return cols, positions, slots
 
-    def _prefill_eager(self, items: list[tuple[SeqLike, int, int]]) -> Tensor:
+    def _prefill_eager(self, items: Sequence[tuple[SeqLike, int, int]]) -> Tensor:
         if isinstance(self.program, FusedFrame):  # one paged-attention launch per layer for all sequences
             return self.program.prefill(self.prefill_inputs(items, sum(n for _, _, n in items)))
         return self.program.prefill(items)
 
-    def prefill_inputs(self, items: list[tuple[SeqLike, int, int]], pad_to: int, device: torch.device | None = None,
+    def prefill_inputs(self, items: Sequence[tuple[SeqLike, int, int]], pad_to: int, device: torch.device | None = None,
                        fixed: bool = False) -> PrefillInputs:
         """Host-built PrefillInputs for `items`, padded to `pad_to` tokens with scratch rows. Padding
         tokens form one more run over the scratch block, each tile at positions from 0 (finite rows
@@ -193,7 +194,7 @@ class ModelRunner:
                              torch.tensor(tiles, dtype=torch.long).reshape(-1, 4).to(device))
 
     # -- decode -----------------------------------------------------------------------------
-    def frame_inputs(self, seqs: list[SeqLike], frame_offsets: list[int], pad_to: int,
+    def frame_inputs(self, seqs: Sequence[SeqLike], frame_offsets: list[int], pad_to: int,
                      full_width: bool = False, device: torch.device | None = None) -> FrameInputs:
         """Inputs for one frame. Eager runs size block tables to the longest context in the batch;
         CUDA graphs need the fixed full width (`full_width`)."""

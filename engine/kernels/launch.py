@@ -36,5 +36,5 @@ def enable_pdl() -> bool:
 def after_previous(PDL: tl.constexpr):
     """Wait for the previous kernel's writes; let the next kernel start launching."""
     if PDL:
-        gdc_wait()  # noqa: F821 (bound by enable_pdl)
-        gdc_launch_dependents()  # noqa: F821
+        gdc_wait()  # noqa: F821  # pyright: ignore[reportUndefinedVariable] (bound by enable_pdl)
+        gdc_launch_dependents()  # noqa: F821  # pyright: ignore[reportUndefinedVariable]

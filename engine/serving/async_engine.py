@@ -115,7 +115,11 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if fut.set_running_or_notify_cancel():
-                fut.set_exception(EngineUnhealthy(self.watchdog.hang.message))
+                fut.set_exception(EngineUnhealthy(self._hang_message()))
+
+    def _hang_message(self) -> str:
+        hang = None if self.watchdog is None else self.watchdog.hang
+        return "the engine stopped serving" if hang is None else hang.message
 
     @property
     def metrics(self) -> EngineMetrics:
@@ -158,7 +162,7 @@ class AsyncEngine:
         (EngineUnhealthy at once once the watchdog has fired)."""
         fut: Future = Future()
         if not self.healthy:
-            fut.set_exception(EngineUnhealthy(self.watchdog.hang.message))
+            fut.set_exception(EngineUnhealthy(self._hang_message()))
             return fut
 
         def run() -> None:

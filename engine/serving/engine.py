@@ -216,6 +216,7 @@ class Engine:
         job = self.jobs.pop(request_id, None)
         if job is None:
             return
+        assert job.seq is not None  # a queued job always has its current text chunk's sequence
         self.scheduler.finish(job.seq)
         self.streams.close(request_id)
         self.metrics.finished("aborted")
@@ -341,6 +342,7 @@ class Engine:
 
     def _end_chunk(self, job: Job, reason: str) -> list[Event]:
         seq = job.seq
+        assert seq is not None
         self.scheduler.finish(seq)
         codes = torch.tensor([f[1:] for f in seq.frames], dtype=torch.long).T.reshape(10, -1)
         if codes.shape[1]:

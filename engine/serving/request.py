@@ -20,6 +20,7 @@ from engine.params import (
     RequestError,
     SamplingParams,
 )
+from engine.serving.kv_cache import Allocation
 
 _ids = itertools.count(1)
 # JSON can carry an unpaired "\ud800"; the tokenizer cannot encode it (and paired ones arrive joined).
@@ -103,7 +104,7 @@ class Sequence:
     frames: list[tuple[int, ...]] = field(default_factory=list)  # generated columns [token, c0..c9]
     num_computed: int = 0  # prompt tokens whose KV is in the cache
     slot: int = -1  # row in the runner's per-sequence state buffers
-    alloc: object | None = None  # kv_cache.Allocation
+    alloc: Allocation | None = None  # its KV blocks, once admitted
     inflight: int = 0  # frames launched on the device whose output has not been read yet
     started: bool = False  # its sampling state is loaded (first frame launched)
     decoding: bool = False  # the scheduler has put it in a decode step

@@ -97,6 +97,7 @@ class Scheduler:
             computed = seq.prompt[:seq.num_computed]
             if not seq.in_prefill:
                 computed = seq.prompt + seq.frames
+            assert seq.alloc is not None  # a running sequence holds its blocks
             self.blocks.register(seq.alloc, computed)
             self.blocks.release(seq.alloc)
             self.free_slots.append(seq.slot)
@@ -107,4 +108,5 @@ class Scheduler:
 
     def publish_prompt(self, seq: Sequence) -> None:
         """Make a fully prefilled prompt's blocks findable by later requests with the same prefix."""
+        assert seq.alloc is not None
         self.blocks.register(seq.alloc, seq.prompt)
