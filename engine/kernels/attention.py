@@ -26,9 +26,8 @@ from engine.kernels.launch import LAUNCH, after_previous
 
 
 def decode_splits(batch: int, kv_heads: int) -> int:
-    """Programs per (sequence, kv head): enough for ~512 programs in all, up to 16 (H100, slow-AR shapes,
-    context 600-1,200: 32 rows with one split 36.7 -> 33.1 µs a layer against eight; 8 rows best at eight;
-    one row 5.8 -> 5.3 µs at sixteen)."""
+    """Programs per (sequence, kv head): enough for ~512 programs in all, up to 16 (the best split
+    measured at the slow AR's shapes for 1, 8 and 32 rows: docs/BENCHMARKS.md)."""
     programs = batch * kv_heads
     return 1 if programs >= 256 else min(16, triton.next_power_of_2(512 // programs + 1) // 2)
 

@@ -16,8 +16,8 @@ convolution is one implicit-GEMM kernel on tensor cores that
 A transposed conv with kernel 2s and stride s is a two-tap conv over input frames t-1 and t whose
 s·C_out outputs per frame are the s output samples: `conv_weights` rearranges its weight once.
 Float32 in and out, float32 accumulation, float16 operands by default: TF32's mantissa (cuDNN's
-default), rounded to nearest where TF32 operands are truncated (H100, real shapes: PCM error 1.2e-3
-relative RMS against 3.2e-3), at twice the tensor-core rate; `operands=torch.float32` runs them in
+default), rounded to nearest where TF32 operands are truncated (a smaller PCM error than TF32's:
+docs/BENCHMARKS.md), at twice the tensor-core rate; `operands=torch.float32` runs them in
 TF32 (IEEE under the interpreter). A snaked input that only a conv reads is stored in the operand
 type, to which the conv would round it anyway. The rearranged weights are a second copy next to the
 module's (~110 MB in float16 for the S2 Pro codec), which the one-shot decode and the encoder use.
@@ -245,7 +245,7 @@ def plan_conv(module: nn.Module, snake: Snake1d | None, snake_first: bool = Fals
 
 
 _COUNTERS: dict[torch.device, Tensor] = {}  # per-tile arrival counts of split convs, left at zero
-_MIN_PROGRAMS = 264  # two per SM of an H100: fewer leave the weight stream short of bandwidth
+_MIN_PROGRAMS = 264  # two per SM of an H100 (132 SMs): fewer leave the weight stream short of bandwidth
 
 
 def counters(device: torch.device) -> Tensor:
@@ -266,11 +266,10 @@ class ConvTiles(NamedTuple):
 
 
 def conv_tiles(rows: int, cin: int, cout: int, taps: int, operand_bytes: int) -> ConvTiles:
-    """Measured on an H100 at the S2 Pro codec's shapes (float16 operands, pushes of 8 and 32 rows ×
-    8 frames): steps of 128 bytes of inputs, or half that where it divides C_in (96 inputs: three
-    unmasked steps of 32); outputs in whole tiles; 128 rows per program for the large k7 convs and
-    128 rows × 256 outputs for the large transposed ones (10–25 % faster there, slower elsewhere);
-    split over programs when the tiles are few."""
+    """Tiles chosen by measurement at the S2 Pro codec's shapes (docs/BENCHMARKS.md): steps of 128 bytes
+    of inputs, or half that where it divides C_in (96 inputs: three unmasked steps of 32); outputs in
+    whole tiles; 128 rows per program for the large k7 convs and 128 rows × 256 outputs for the large
+    transposed ones (faster there, slower elsewhere); split over programs when the tiles are few."""
     block_co = min(128, max(16, triton.next_power_of_2(cout)))
     if INTERPRET:  # numpy runs a program's block at once: few large programs are fastest
         return ConvTiles(min(4096, max(16, triton.next_power_of_2(rows))), 32, block_co, 1, 4, 1)

@@ -44,7 +44,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
 
 def gemv_tiles(n: int, k: int) -> tuple[int, int, int, int] | None:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [n, k] weight, None when K does not tile.
-    Measured on H100/H200 for the S2 Pro shapes (each 5–40 % faster than cuBLAS at one row)."""
+    The fastest measured for the S2 Pro shapes, each faster than cuBLAS at one row (docs/BENCHMARKS.md)."""
     if k % 512:
         return None
     if k % 1024 == 0 and k >= 4096:
@@ -103,7 +103,7 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
                  mask=m_mask[:, None] & n_mask[None, :])
 
 
-GEMM_ROWS = 64  # 2..64 rows take _gemm_rows_kernel (H100: 4-18 % faster than cuBLAS at 8 and 32)
+GEMM_ROWS = 64  # 2..64 rows take _gemm_rows_kernel (faster than cuBLAS there: docs/BENCHMARKS.md)
 
 
 def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
@@ -128,16 +128,14 @@ def block_m(rows: int) -> int:
 
 def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, bool, int]:
     """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight."""
-    # K split over several programs per output tile (wo, w2: 40-80 tiles) measured faster alone (H200
-    # frame graph at 8 rows 6.32 -> 6.07 ms) but not in the engine, where the vocoder's kernels fill
-    # the SMs those tiles leave idle (bench at concurrency 8: frame 6.40 -> 6.43 ms): not kept.
-    if block_m(rows) == 64:  # H100, weights beyond L2: wqkv 13.6 -> 13.2 µs, w1|w3 43.5 -> 40.4, w2 24.8 -> 24.2
+    # No split of K over programs: faster alone, not in the engine (docs/BENCHMARKS.md).
+    if block_m(rows) == 64:  # weights beyond L2: wider tiles (docs/BENCHMARKS.md)
         return (64, 128, False, 2 if elem == 4 else 5) if n >= 6000 else (32, 128, False, 2 if elem == 4 else 6)
-    if block_m(rows) == 16 and n >= 10000:  # w1|w3 at 8 rows (gated after): 38.2 -> 35.9 µs
+    if block_m(rows) == 16 and n >= 10000:  # w1|w3 at 8 rows (gated after): narrower tiles measured faster
         return 32, 128, False, 2 if elem == 4 else 6
     block_n, block_k = (64, 128) if n >= 6000 else (32, 256)
-    # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages
-    # (H100, 32 rows: 44.3 -> 39.5 µs; 8 rows: 39.7 -> 38.1 µs); the others did not gain.
+    # The widest projection (w1|w3) streams best with two tiles in flight before the wait and 4 stages;
+    # the others did not gain (docs/BENCHMARKS.md).
     peel = n >= 10000
     stages = 2 if elem == 4 else 4 if peel else 5  # float32 tiles: shared memory
     return block_n, block_k, peel, stages
@@ -151,9 +149,8 @@ def linear(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor:
         if x.shape[0] == 1 and gemv_tiles(*w.shape) is not None:
             return gemv(x, w, swiglu=swiglu)
         if 2 <= x.shape[0] <= GEMM_ROWS:
-            # Gated in the epilogue at 17-32 rows (H100 frame at 32 rows 8.48 -> 8.37 ms); up to 16 rows
-            # (BLOCK_M 16) that kernel streamed slower (8 rows 7.38 -> 7.73 ms), so the gate runs after;
-            # at BLOCK_M 64 the gated kernel rounds its products differently on the GPU, so it runs after.
+            # Gated in the epilogue at 17-32 rows only: at BLOCK_M 16 that kernel streamed slower
+            # (docs/BENCHMARKS.md), and at BLOCK_M 64 it rounds its products differently on the GPU.
             gate_after = swiglu and block_m(x.shape[0]) != 32
             y = gemm_rows(x, w, swiglu and not gate_after)
             if y is not None:

@@ -133,4 +133,4 @@ def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tens
         ignore_last if slow else slots,
         SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
         SHIFT=16 if logits.dtype == torch.bfloat16 else 0,
-        num_warps=8, **LAUNCH)  # H100, slow draw: 41 µs; 4 warps 74, 16 warps 45
+        num_warps=8, **LAUNCH)  # the fastest warp count for the slow draw (docs/BENCHMARKS.md)

@@ -20,9 +20,8 @@ from torch import Tensor
 
 
 def window_tiles(rows: int) -> tuple[int, int]:
-    """(ring entries per step of the online softmax, warps) for a push of `rows` = B·n new positions.
-    H200, µs a layer at the S2 Pro codec's shapes (16 heads of 64, ring 127), against 32 entries and 4
-    warps: 1 × 1 14.4 -> 10.2, 8 × 8 15.5 -> 11.9 (64, 4); 32 × 8 64.2 -> 36.4 (32, 2)."""
+    """(ring entries per step of the online softmax, warps) for a push of `rows` = B·n new positions:
+    the fastest of those measured at the S2 Pro codec's shapes (docs/BENCHMARKS.md)."""
     return (32, 2) if rows > 64 else (64, 4)
 
 

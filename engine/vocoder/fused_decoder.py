@@ -111,10 +111,9 @@ def _unit_kernel(buf_ptr, w7_ptr, b7_ptr, alpha_ptr, w1_ptr, b1_ptr, res_ptr, y_
               next_L, next_bstride, STORE_Y, OUT_SNAKE, NEXT)
 
 
-# Where one kernel per unit is faster (H100, pushes of 32 rows x 8 frames: 96 channels 1.60 -> 1.24 ms
-# for three units, 192 channels 1.91 -> 1.78 ms; 384 channels 1.29 -> 1.76 ms, slower): up to 192
-# channels, from 16,384 rows (256 programs; a push of one frame of one stream was 5 % slower). The
-# interpreter takes any size, so the tests run both paths on the tiny codec.
+# Where one kernel per unit is faster (docs/BENCHMARKS.md): up to 192 channels, from 16,384 rows (256
+# programs; smaller pushes were slower). The interpreter takes any size, so the tests run both paths
+# on the tiny codec.
 FUSED_UNIT_CHANNELS = 192
 FUSED_UNIT_ROWS = 0 if INTERPRET else 16384
 
@@ -136,7 +135,7 @@ def unit_tiles(channels: int, operand_bytes: int) -> tuple[int, int, int, int]:
         return 4096, 32, 4, 1
     step = 128 // operand_bytes
     block_ci = next((c for c in (step, step // 2) if channels % c == 0), 16)
-    return (64, block_ci, 4, 4 if channels <= 96 else 3)  # H100: 96 channels 1.35 -> 1.24 ms at 4 stages
+    return (64, block_ci, 4, 4 if channels <= 96 else 3)  # 4 stages measured faster at 96 channels
 
 
 def launch_unit(dilated: ConvPlan, pointwise: ConvPlan, buf: Tensor, residual: Tensor, y: Tensor | None,

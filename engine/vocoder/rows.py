@@ -134,8 +134,8 @@ def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, whe
 @contextlib.contextmanager
 def _tf32_matmuls() -> Iterator[None]:
     """TF32 for the float32 matmuls of the codec's transformer and ConvNeXt blocks, whose products then
-    round their operands like the fused convs (H100: ~2.3 of a 25.7 ms push of 32 rows x 8 frames
-    ran on CUDA cores without it). The flag is
+    round their operands like the fused convs (without it they run on CUDA cores, a large share of a
+    push: docs/BENCHMARKS.md). The flag is
     process-wide and restored on exit: a float32 matmul of another thread during a push would get
     TF32 too."""
     matmul = torch.backends.cuda.matmul

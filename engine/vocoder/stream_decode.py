@@ -7,11 +7,11 @@ the post-quantizer transformer, whose positions keep counting across pushes. Con
 any split of the codes equals `Codec.decode` of all of them. Work per push is proportional to the new
 frames and the state has a fixed size (the KV cache always holds `window - 1` positions).
 The walk over the decoder's layers (`stream_decode`) is shared with `engine/batched_vocoder.py`,
-which keeps the same state for many independent streams in slot-indexed tensors.
+which keeps the same state for many independent streams in row-indexed tensors.
 
 Equality is to float rounding: the convolutions see identical inputs, only matmul blocking differs
 (~1e-7 in float32). On CUDA in float32, cuDNN's default TF32 convolutions choose algorithms by shape,
-which widens that to ~1e-4 unless `torch.backends.cudnn.allow_tf32` is off (measured on an H200).
+which widens that to ~1e-4 unless `torch.backends.cudnn.allow_tf32` is off.
 """
 from __future__ import annotations
 
