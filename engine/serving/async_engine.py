@@ -32,6 +32,7 @@ from engine.serving.request import ChunkDone, SynthesisRequest
 from engine.serving.watchdog import Hang, Watchdog, exit_process
 
 log = logging.getLogger(__name__)
+SHUTDOWN_WAIT_S = 10  # how long shutdown waits for the device thread to finish its step
 
 
 @dataclass
@@ -184,7 +185,7 @@ class AsyncEngine:
         if self.watchdog is not None:
             self.watchdog.stop()
         self._commands.put((Future(), lambda: None))
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=SHUTDOWN_WAIT_S)
 
     # -- asyncio side -----------------------------------------------------------------------
     async def run(self, fn: Callable[[Engine], Any]) -> Any:

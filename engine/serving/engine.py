@@ -33,6 +33,8 @@ from engine.serving.scheduler import Scheduler
 from engine.vocoder.streams import AudioStreams
 
 log = logging.getLogger(__name__)
+# Reference encodings kept by content: a few dozen voices in use at once, each [10, N] codes of a few KB.
+VOICE_CACHE_ENTRIES = 64
 
 
 @dataclass
@@ -191,7 +193,7 @@ class Engine:
         if key not in self._voice_cache:
             audio = torch.from_numpy(samples).to(self.loaded.device)[None, None]
             self._voice_cache[key] = self.loaded.codec.encode(audio)[0].cpu()
-            if len(self._voice_cache) > 64:
+            if len(self._voice_cache) > VOICE_CACHE_ENTRIES:
                 self._voice_cache.popitem(last=False)
         self._voice_cache.move_to_end(key)
         return self._voice_cache[key]
