@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import engine.audio as audio
+import engine.audio_out as audio_out
 from engine.audio import MAX_UPLOAD_BYTES, AudioError, DecoderBusyError, load_audio, load_clip
 
 soundfile = pytest.importorskip("soundfile")
@@ -231,7 +232,7 @@ def test_edge_sample_rates_accepted(sample_rate: int) -> None:
 @pytest.mark.timeout(10)
 def test_sample_rate_change_mid_stream_rejected() -> None:
     tone = (0.3 * np.sin(np.arange(44_100) / 10)).astype(np.float32)
-    chained = audio.encode_audio(tone, "aac") + audio.encode_audio(tone, "aac", sample_rate=22_050)
+    chained = audio_out.encode_audio(tone, "aac") + audio_out.encode_audio(tone, "aac", sample_rate=22_050)
     with pytest.raises(AudioError, match="changes its channels or sample rate mid-stream"):
         load_audio(chained)
 
