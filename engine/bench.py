@@ -115,7 +115,7 @@ def pct(values: list[float | None], q: float) -> float:
     values = sorted(v for v in values if v is not None)
     if not values:
         return float("nan")
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, round_seed: int,

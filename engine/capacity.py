@@ -66,7 +66,7 @@ def gaps(arrivals: list[tuple[float, int]]) -> list[float]:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else float("nan")
 
 
 async def client(aengine: AsyncEngine, prompt: torch.Tensor, seed: int, frames: int, delay_s: float) -> dict:
@@ -78,7 +78,7 @@ async def client(aengine: AsyncEngine, prompt: torch.Tensor, seed: int, frames: 
                 arrivals.append((time.perf_counter(), len(chunk.pcm)))
     except EngineBusy:
         outcome = "refused"
-    except Exception:  # noqa: BLE001 - an error is counted, the round goes on
+    except Exception:  # an error is counted, the round goes on
         outcome = "failed"
     if outcome == "served" and sum(n for _, n in arrivals) != frames * 2048:
         outcome = "failed"

@@ -77,4 +77,4 @@ class EngineConfig:
         if self.graph_batch_sizes:
             return sorted({min(b, self.max_batch) for b in self.graph_batch_sizes} | {self.max_batch})
         sizes = [b for b in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128) if b < self.max_batch]
-        return sizes + [self.max_batch]
+        return [*sizes, self.max_batch]

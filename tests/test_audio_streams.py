@@ -50,7 +50,7 @@ def test_a_stream_alone_is_pushed_the_same_way_whenever_it_starts() -> None:
         streams = AudioStreams(codec, max_rows=2, group_frames=4)
         sizes: list[int] = []
         push = streams.vocoder.push
-        streams.vocoder.push = lambda slots, c: (sizes.append(c.shape[-1]), push(slots, c))[1]
+        streams.vocoder.push = lambda slots, c, sizes=sizes, push=push: (sizes.append(c.shape[-1]), push(slots, c))[1]
         for step in range(idle_steps):
             streams.open(99)
             streams.add(99, codes[:, step])
