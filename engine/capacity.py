@@ -78,7 +78,7 @@ async def client(aengine: AsyncEngine, prompt: torch.Tensor, seed: int, frames: 
                 arrivals.append((time.perf_counter(), len(chunk.pcm)))
     except EngineBusy:
         outcome = "refused"
-    except Exception:
+    except Exception:  # an error is counted, the round goes on
         outcome = "failed"
     if outcome == "served" and sum(n for _, n in arrivals) != frames * 2048:
         outcome = "failed"

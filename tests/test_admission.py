@@ -35,9 +35,10 @@ def test_waiting_limit_defaults_to_two_batches() -> None:
     assert EngineConfig(max_batch=32, max_waiting=0).waiting_limit == 0
     assert EngineConfig().step_limit_s(cuda=True) == 30.0 and EngineConfig().step_limit_s(cuda=False) == 600.0
     assert EngineConfig(step_timeout_s=0).step_limit_s(cuda=True) == 0
-    for bad in ({"max_waiting": -1}, {"step_timeout_s": -1.0}, {"vocoder_push_rows": 0}):
+    for bad in (lambda: EngineConfig(max_waiting=-1), lambda: EngineConfig(step_timeout_s=-1.0),
+                lambda: EngineConfig(vocoder_push_rows=0)):
         with pytest.raises(ValueError):
-            EngineConfig(**bad)
+            bad()
 
 
 def test_memory_plan_counts_streams_and_names_the_batch_that_fits() -> None:

@@ -4,6 +4,7 @@ decode of its codes; at the end every KV block, decode slot and vocoder row is b
 rejected while its prompt is built keeps nothing, and the waiting queue is bounded (EngineBusy)."""
 from __future__ import annotations
 
+import asyncio
 import random
 
 import numpy as np
@@ -14,6 +15,7 @@ from engine.loader import LoadedModel
 from engine.params import SamplingParams
 from engine.reference import generate
 from engine.serving.admission import EngineBusy
+from engine.serving.async_engine import AsyncEngine
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig
 from engine.serving.request import SynthesisRequest
@@ -119,3 +121,36 @@ def test_the_waiting_queue_is_bounded(tiny_model: LoadedModel) -> None:
     while engine.has_work():
         engine.step()
     assert engine.blocks.num_free == engine.blocks.num_blocks
+
+
+def test_async_streams_report_their_queue_place_and_refuse_beyond_it(tiny_model: LoadedModel) -> None:
+    engine = Engine(tiny_model, EngineConfig(num_blocks=64, block_size=16, max_batch=1, max_waiting=1))
+    aengine = AsyncEngine(engine)
+
+    async def main() -> tuple[list[int], int, EngineBusy, int]:
+        ids: list[int] = []
+        first = aengine.stream(SynthesisRequest("The first one speaks.", max_frames=500), on_added=ids.append)
+        announced = await first.__anext__()  # its id and text chunks, before any audio
+        assert announced.text_chunks == ("The first one speaks.",) and not len(announced.pcm)
+        await first.__anext__()  # its first audio: running, it holds the only slot
+        second = asyncio.ensure_future(_drain(aengine.stream(SynthesisRequest("Second.", max_frames=3),
+                                                             on_added=ids.append)))
+        while len(ids) < 2:
+            await asyncio.sleep(0.01)
+        position = await aengine.queue_position(ids[1])
+        with pytest.raises(EngineBusy) as busy:
+            await _drain(aengine.stream(SynthesisRequest("Third.", max_frames=3)))
+        await first.aclose()  # the first client leaves: the second runs
+        return ids, position, busy.value, await second
+
+    try:
+        ids, position, busy, samples = asyncio.run(main())
+    finally:
+        aengine.shutdown()
+    assert len(set(ids)) == 2 and position == 1
+    assert (busy.position, busy.waiting, busy.limit) == (2, 1, 1) and busy.retry_after_s >= 1
+    assert samples == 3 * 2048
+
+
+async def _drain(stream) -> int:
+    return sum([len(chunk.pcm) async for chunk in stream])

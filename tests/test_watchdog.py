@@ -43,7 +43,10 @@ def test_a_hung_step_fails_waiting_clients_within_the_limit(tiny_model: LoadedMo
         served = await listen(aengine, "Hello there.", 4)  # healthy: served in full
         clients = [asyncio.ensure_future(listen(aengine, f"Client {i} speaks.", 500)) for i in range(3)]
         await asyncio.sleep(0.2)  # they are running or queued now
-        await aengine.run(lambda e: e.step_hooks.append(lambda _: release.wait(60)))
+        def hang(_: Engine) -> None:  # a real blocking call inside the step
+            release.wait(60)
+
+        await aengine.run(lambda e: e.step_hooks.append(hang))
         start = time.monotonic()
         results = await asyncio.gather(*clients, return_exceptions=True)
         return served, time.monotonic() - start, results

@@ -116,16 +116,16 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if fut.set_running_or_notify_cancel():
-                fut.set_exception(EngineUnhealthy(self._hang_message()))
-
-    def _hang_message(self) -> str:
-        hang = None if self.watchdog is None else self.watchdog.hang
-        return "the engine stopped serving" if hang is None else hang.message
+                fut.set_exception(self._unhealthy())
 
     @property
     def metrics(self) -> EngineMetrics:
         """The engine's counters and histograms (thread-safe: they carry their own lock)."""
         return self.engine.metrics
+
+    def _unhealthy(self) -> EngineUnhealthy:
+        hang = None if self.watchdog is None else self.watchdog.hang
+        return EngineUnhealthy(hang.message if hang is not None else "the engine stopped serving")
 
     @property
     def healthy(self) -> bool:
@@ -163,7 +163,7 @@ class AsyncEngine:
         (EngineUnhealthy at once once the watchdog has fired)."""
         fut: Future = Future()
         if not self.healthy:
-            fut.set_exception(EngineUnhealthy(self._hang_message()))
+            fut.set_exception(self._unhealthy())
             return fut
 
         def run() -> None:

@@ -326,7 +326,7 @@ class Engine:
             if int(row[0]) == eos_col:
                 ended.append((job, "eos"))
                 continue
-            seq.frames.append((sem_start + int(row[0]), *tuple(int(c) for c in row[1:])))
+            seq.frames.append((sem_start + int(row[0]), *(int(c) for c in row[1:])))
             job.frames_left -= 1
             job.frames_done += 1
             job.times.frame(now())
