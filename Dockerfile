@@ -17,7 +17,8 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The PyPI torch wheel for Linux x86_64 is the CUDA build (CUDA runtime as pip packages; the driver comes
 # from the host through the NVIDIA container runtime). First and alone: the largest, least changing layer.
-ARG TORCH_VERSION=2.13.0
+# 2.11: the release the CUDA kernels are tested on (scripts/setup_env.sh pins the same range).
+ARG TORCH_VERSION=2.11.0
 RUN pip install "torch==${TORCH_VERSION}"
 COPY requirements.txt .
 RUN pip install -r requirements.txt
