@@ -18,6 +18,7 @@ from engine.prompt import (
     audio_columns,
     build_prompt,
     check_codes,
+    dialogue_text,
     split_text,
 )
 from engine.tokenizer import TextTokenizer
@@ -126,6 +127,9 @@ def test_dialogue_keeps_leading_untagged_text_as_a_turn(tok: TextTokenizer, text
                        tok.encode(SYSTEM_PLAIN), [IM_END, NEWLINE], *_user_and_start(tok, "A?\n<|speaker:1|>B")))
     assert tok.encode("A?\n<|speaker:1|>B") == user
     assert split_text(text, 32) == ["A?\n<|speaker:1|>B"]
+    # Unchunked requests (chunk_length 0) and their preview use dialogue_text; chunks pass through it unchanged.
+    assert dialogue_text(text) == dialogue_text(dialogue_text(text)) == "A?\n<|speaker:1|>B"
+    assert dialogue_text("  Plain text.\n") == "  Plain text.\n"
 
 
 def test_history_turns(tok: TextTokenizer) -> None:
