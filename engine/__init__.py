@@ -29,7 +29,7 @@ from engine.params import (
                            SamplingParams,
                            random_seed,
 )
-from engine.prompt import split_text
+from engine.prompt import dialogue_text, split_text
 from engine.serving.admission import EngineBusy, EngineUnhealthy
 from engine.serving.async_engine import AsyncEngine, AudioChunk
 from engine.serving.engine import Engine
@@ -44,7 +44,7 @@ __all__ = [
     "MIN_REFERENCE_SECONDS", "SAMPLE_RATE", "SEED_LIMIT", "AsyncEngine", "AudioChunk", "AudioError",
     "CheckpointError", "ChunkDone", "DecodedClip", "DecoderBusyError", "Engine", "EngineBusy", "EngineConfig",
     "EngineMetrics", "EngineUnhealthy", "Histogram", "LoadedModel", "ReferenceInput", "RequestError",
-    "SamplingParams", "StreamEncoder", "SynthesisRequest", "check_text", "encode_audio", "float_to_int16",
-    "is_silent", "load_clip", "load_model_dir", "normalize_loudness", "pick_device", "pick_dtype", "random_seed",
-    "resolve_model_path", "split_text", "time_stretch", "trim_silence", "write_tiny_checkpoint",
+    "SamplingParams", "StreamEncoder", "SynthesisRequest", "check_text", "dialogue_text", "encode_audio",
+    "float_to_int16", "is_silent", "load_clip", "load_model_dir", "normalize_loudness", "pick_device", "pick_dtype",
+    "random_seed", "resolve_model_path", "split_text", "time_stretch", "trim_silence", "write_tiny_checkpoint",
 ]

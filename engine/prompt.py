@@ -34,6 +34,7 @@ CODE_LIMIT = 4096
 PROMPT_LIMIT = 30_720
 MIN_CHUNK_CHARS = 32  # room for a carried speaker tag plus some text
 MAX_SPEAKER_DIGITS = 6  # so a carried <|speaker:N|> (at most 18 characters) leaves room in every chunk
+MAX_TURNS_PER_CHUNK = 5  # upstream groups at most 5 speaker turns into one user message (spec §7)
 
 SYSTEM_PLAIN = "convert the provided text to speech"
 SYSTEM_CLONE = "convert the provided text to speech reference to the following:\n\nText:\n"
@@ -86,9 +87,9 @@ def build_prompt(tok: TextTokenizer, text: str, references: Sequence[Reference] 
     parts = _message(tok, "system", _system_parts(tok, references))
     for i, (chunk_text, codes) in enumerate(history):
         check_codes(codes, f"history[{i}] codes")
-        parts += _message(tok, "user", [_text(tok, chunk_text)])
+        parts += _message(tok, "user", [_text(tok, dialogue_text(chunk_text))])
         parts += _message(tok, "assistant", [_ids([special.voice]), audio_columns(special, codes.cpu())])
-    parts += _message(tok, "user", [_text(tok, text)])
+    parts += _message(tok, "user", [_text(tok, dialogue_text(text))])
     parts += [_ids([special.im_start]), _text(tok, "assistant\n"), _ids([special.voice])]
     grid = torch.cat(parts, dim=1)
     if grid.shape[1] > prompt_limit:
@@ -128,7 +129,6 @@ def _ids(ids: list[int]) -> Tensor:
 
 # Group 1 is the tag; the whitespace after it joins it to the text it introduces.
 _TAG = re.compile(r"(<\|speaker:\d+\|>|\[[^\[\]\n]*\])\s*")
-_LEADING_SPEAKER_TAGS = re.compile(r"^(?:\s*<\|speaker:\d+\|>)+")
 _CLOSERS = "\"'”’)」』»"
 # Cut levels, coarsest first; a cut goes right after a match (so trailing spaces stay with the piece).
 _LEVELS: tuple[re.Pattern[str], ...] = (
@@ -144,51 +144,73 @@ _LEVELS: tuple[re.Pattern[str], ...] = (
 
 
 def split_text(text: str, max_chars: int) -> list[str]:
-    """Split long text into chunks of at most max_chars characters, in order, for one request each.
+    """Split text into chunks of at most max_chars characters, in order: the user-turn texts the model gets.
 
     Rules:
-    - A `<|speaker:N|>` tag that changes the speaker always starts a new chunk once the current one has
-      something to say (upstream splits dialogue per turn too).
-    - Within a speaker's turn, sentences are packed greedily; a cut prefers sentence ends (. ! ? … then
-      whitespace; 。！？ anywhere; newlines; before a speaker tag), then clause ends (, ; : ，；：、),
-      then spaces, then any character. The finer levels only apply inside a piece longer than the budget.
+    - Untagged text: sentences are packed greedily; a cut prefers sentence ends (. ! ? … then whitespace;
+      。！？ anywhere; newlines), then clause ends (, ; : ，；：、), then spaces, then any character. The
+      finer levels only apply inside a piece longer than the budget.
+    - Dialogue (text with `<|speaker:N|>` tags, spec §7): the text becomes turns as `dialogue_turns` makes
+      them, and chunks are whole turns joined by "\n", at most MAX_TURNS_PER_CHUNK turns each. A turn
+      longer than max_chars is split as untagged text and its speaker tag starts every piece (counted in
+      max_chars); turns with nothing to say are dropped.
     - Never cuts inside `<|speaker:N|>` or `[tag]`, nor (unless no other cut fits) between a tag and
       the text after it, which the tag introduces. Only a single tag longer than max_chars can make a
-      chunk exceed max_chars.
-    - Every chunk of a tagged turn starts with its speaker's tag (counted in max_chars), also one that
-      continues a turn, so the model knows who speaks. Chunks are whitespace-trimmed; speaker tags with
-      nothing to say before the next change are dropped. Otherwise every character of text lands in
-      exactly one chunk, in order. Empty text gives no chunks.
+      chunk exceed max_chars. Empty text gives no chunks.
     - Runs in time linear in len(text); raises ValueError (message starting "text") for a speaker number
       of more than MAX_SPEAKER_DIGITS digits, whose tag could not be carried into chunks.
     """
     if max_chars < MIN_CHUNK_CHARS:
         raise ValueError(f"max_chars must be at least {MIN_CHUNK_CHARS}, got {max_chars}")
-    chunks = []
-    for speaker, turn in _speaker_turns(text):
-        carry = "" if speaker is None else f"<|speaker:{speaker}|>"
-        body = _LEADING_SPEAKER_TAGS.sub("", turn)  # replaced by carry, so it is counted once
-        for chunk in map(str.strip, _pack(body, max_chars - len(carry))):
-            if _has_speech(chunk):
-                chunks.append(chunk if SPEAKER_TAG.match(chunk) else carry + chunk)
-    return chunks
+    if SPEAKER_TAG.search(text) is None:
+        return _turn_pieces("", text, max_chars)
+    pieces = [piece for tag, body in _tagged_turns(text) for piece in _turn_pieces(tag, body, max_chars)]
+    return _group_turns(pieces, max_chars)
 
 
-def _speaker_turns(text: str) -> list[tuple[int | None, str]]:
-    """Cut text before each speaker change; each turn carries the speaker active in it (None: untagged)."""
-    turns: list[tuple[int | None, str]] = []
-    start, active, spoken, prev_end = 0, None, False, 0
-    for match in SPEAKER_TAG.finditer(text):
-        # Speech since `start` is tracked gap by gap: re-reading text[start:] at every tag would be
-        # quadratic on a long run of tags that change speaker with nothing said between them.
-        spoken = spoken or not _blank(text, prev_end, match.start())
-        speaker = _speaker_number(match)
-        if speaker != active and spoken:
-            turns.append((active, text[start:match.start()]))
-            start, spoken = match.start(), False
-        active, prev_end = speaker, match.end()
-    turns.append((active, text[start:]))
+def dialogue_text(text: str) -> str:
+    """The user-turn text of `text` as upstream builds it (spec §7): dialogue turns joined by "\n".
+
+    Text without speaker tags is returned unchanged. Idempotent, so chunks of split_text pass through.
+    """
+    if SPEAKER_TAG.search(text) is None:
+        return text
+    return "\n".join(tag + body for tag, body in _tagged_turns(text))
+
+
+def _tagged_turns(text: str) -> list[tuple[str, str]]:
+    """Cut text before each speaker tag into (tag, stripped body); text before the first tag is a turn
+    with tag "" (upstream drops it, a defect). Each slice is read once, so this stays linear."""
+    turns: list[tuple[str, str]] = []
+    matches = list(SPEAKER_TAG.finditer(text))
+    lead = text[:matches[0].start()].strip() if matches else text.strip()
+    if lead:
+        turns.append(("", lead))
+    for i, match in enumerate(matches):
+        _speaker_number(match)
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        turns.append((match.group(0), text[match.end():end].strip()))
     return turns
+
+
+def _turn_pieces(tag: str, body: str, max_chars: int) -> list[str]:
+    """One turn as chunks of ≤ max_chars, each starting with the turn's speaker tag."""
+    return [tag + chunk for chunk in map(str.strip, _pack(body, max_chars - len(tag))) if chunk]
+
+
+def _group_turns(turns: list[str], max_chars: int) -> list[str]:
+    """Greedily join whole turns with "\n" into chunks of ≤ max_chars characters and ≤ MAX_TURNS_PER_CHUNK
+    turns, as upstream groups them (it counts UTF-8 bytes; our chunk_length is in characters)."""
+    chunks: list[list[str]] = []
+    size = 0  # characters of the open chunk, newlines included
+    for turn in turns:
+        if chunks and len(chunks[-1]) < MAX_TURNS_PER_CHUNK and size + 1 + len(turn) <= max_chars:
+            chunks[-1].append(turn)
+            size += 1 + len(turn)
+        else:
+            chunks.append([turn])
+            size = len(turn)
+    return ["\n".join(chunk) for chunk in chunks]
 
 
 def _speaker_number(match: re.Match[str]) -> int:
@@ -199,10 +221,6 @@ def _speaker_number(match: re.Match[str]) -> int:
         raise RequestError("text", f"text has a speaker tag with a {len(digits)}-digit number at character "
                          f"{match.start() + 1}; speaker numbers have at most {MAX_SPEAKER_DIGITS} digits")
     return int(digits)
-
-
-def _blank(text: str, start: int, end: int) -> bool:
-    return not text[start:end].strip()
 
 
 def _pack(text: str, budget: int, level: int = 0) -> list[str]:
@@ -251,11 +269,6 @@ def _cut(text: str, level: int) -> list[str]:
         # a [whisper] at the end of one chunk would not affect the next.
         blocked.update(range(tag.start() + 1, tag.end(1) if last_resort else tag.end() + 1))
     points = {match.end() for match in _LEVELS[level].finditer(text)}
-    if level == 0:
-        points |= {tag.start() for tag in SPEAKER_TAG.finditer(text)}
     points = sorted(p for p in points if 0 < p < len(text) and p not in blocked)
     return [text[a:b] for a, b in zip([0, *points], [*points, len(text)])]
 
-
-def _has_speech(text: str) -> bool:
-    return bool(SPEAKER_TAG.sub("", text).strip())

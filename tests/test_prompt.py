@@ -18,6 +18,7 @@ from engine.prompt import (
     audio_columns,
     build_prompt,
     check_codes,
+    dialogue_text,
     split_text,
 )
 from engine.tokenizer import TextTokenizer
@@ -87,7 +88,7 @@ def test_two_references_get_speaker_tags_and_one_audio_span(tok: TextTokenizer) 
     grid = build_prompt(tok, "<|speaker:0|>Hi. <|speaker:1|>Hey.", refs)
     both = torch.cat([codes_a, codes_b], dim=1)
     expected = _expected(*_clone_system(tok, "<|speaker:0|>First voice.\n<|speaker:1|>Second voice.", both),
-                         *_user_and_start(tok, "<|speaker:0|>Hi. <|speaker:1|>Hey."))
+                         *_user_and_start(tok, "<|speaker:0|>Hi.\n<|speaker:1|>Hey."))
     assert torch.equal(grid, expected)
     audio = grid[0] >= SEMANTIC_START
     start = int(audio.nonzero()[0])
@@ -102,6 +103,33 @@ def test_transcript_with_its_own_speaker_tag_is_kept(tok: TextTokenizer) -> None
     expected = _expected(*_clone_system(tok, transcripts, torch.cat([codes_a, codes_b], dim=1)),
                          *_user_and_start(tok, "Go."))
     assert torch.equal(grid, expected)
+
+
+# Golden user-turn ids (tiny tokenizer) of "<|speaker:0|>Hi.\n<|speaker:1|>Hey.": 198 is the "\n" between turns.
+DIALOGUE_IDS = [27, 91, 82, 281, 532, 25, 15, 91, 29, 39, 72, 13, 198,
+                27, 91, 82, 281, 532, 25, 16, 91, 29, 304, 88, 13]
+
+
+@pytest.mark.parametrize("text", ["<|speaker:0|>Hi. <|speaker:1|>Hey.", "<|speaker:0|>Hi.\n<|speaker:1|>Hey.",
+                                  "  <|speaker:0|> Hi.\n\n  <|speaker:1|>Hey. \n"])
+def test_dialogue_one_line_and_multi_line_give_the_same_golden_prompt(tok: TextTokenizer, text: str) -> None:
+    grid = build_prompt(tok, text)
+    assert torch.equal(grid, _expected([IM_START], tok.encode("system\n"), tok.encode(SYSTEM_PLAIN),
+                                       [IM_END, NEWLINE], [IM_START], tok.encode("user\n"), DIALOGUE_IDS,
+                                       [IM_END, NEWLINE], [IM_START], tok.encode("assistant\n"), [VOICE]))
+    assert split_text(text, 200) == ["<|speaker:0|>Hi.\n<|speaker:1|>Hey."]  # the preview shows the same turns
+
+
+@pytest.mark.parametrize("text", ["A? <|speaker:1|>B", "A?\n<|speaker:1|>B"])
+def test_dialogue_keeps_leading_untagged_text_as_a_turn(tok: TextTokenizer, text: str) -> None:
+    user = [32, 30, 198, 27, 91, 82, 281, 532, 25, 16, 91, 29, 33]  # "A?\n<|speaker:1|>B"
+    assert torch.equal(build_prompt(tok, text), _expected([IM_START], tok.encode("system\n"),
+                       tok.encode(SYSTEM_PLAIN), [IM_END, NEWLINE], *_user_and_start(tok, "A?\n<|speaker:1|>B")))
+    assert tok.encode("A?\n<|speaker:1|>B") == user
+    assert split_text(text, 32) == ["A?\n<|speaker:1|>B"]
+    # Unchunked requests (chunk_length 0) and their preview use dialogue_text; chunks pass through it unchanged.
+    assert dialogue_text(text) == dialogue_text(dialogue_text(text)) == "A?\n<|speaker:1|>B"
+    assert dialogue_text("  Plain text.\n") == "  Plain text.\n"
 
 
 def test_history_turns(tok: TextTokenizer) -> None:
@@ -217,19 +245,34 @@ def test_split_never_cuts_inside_tags() -> None:
     assert split_text(tag + "y" * 40, 32) == [tag + "y" * 18, tag + "y" * 18, tag + "y" * 4]
 
 
-def test_split_at_speaker_changes_and_carry_speaker() -> None:
+def test_split_dialogue_groups_whole_turns() -> None:
     text = "<|speaker:0|>Hello there. How are you? <|speaker:1|>Fine thanks."
-    assert split_text(text, 200) == ["<|speaker:0|>Hello there. How are you?", "<|speaker:1|>Fine thanks."]
-    long_turn = ("<|speaker:0|>Hello there, my friend. How are you doing today? I hope well. "
-                 "<|speaker:1|>Fine thanks.")
-    assert split_text(long_turn, 49) == ["<|speaker:0|>Hello there, my friend.",
-                                         "<|speaker:0|>How are you doing today?",
-                                         "<|speaker:0|>I hope well.", "<|speaker:1|>Fine thanks."]
-    # Untagged lead-in, a repeated tag that does not change speaker, a trailing tag with nothing to say.
+    assert split_text(text, 200) == ["<|speaker:0|>Hello there. How are you?\n<|speaker:1|>Fine thanks."]
+    # Untagged lead-in is its own turn; every tag starts a turn; a tag with nothing to say is dropped.
     assert split_text("Intro. <|speaker:0|>A. <|speaker:0|>B. <|speaker:1|>", 200) == \
-        ["Intro.", "<|speaker:0|>A. <|speaker:0|>B."]
-    # Leading tags with nothing to say collapse into the last one.
+        ["Intro.\n<|speaker:0|>A.\n<|speaker:0|>B."]
     assert split_text("<|speaker:0|> <|speaker:1|>Hi.", 32) == ["<|speaker:1|>Hi."]
+
+
+def test_split_dialogue_needs_two_chunks() -> None:
+    text = "<|speaker:0|>How are you today? <|speaker:1|>I am fine. <|speaker:0|>Good to hear that."
+    # 31 + 1 + 24 = 56 fits 60; the third turn (31) would make 88, so it opens the next chunk.
+    assert split_text(text, 60) == ["<|speaker:0|>How are you today?\n<|speaker:1|>I am fine.",
+                                    "<|speaker:0|>Good to hear that."]
+
+
+def test_split_dialogue_turn_longer_than_a_chunk_carries_its_tag() -> None:
+    text = ("<|speaker:0|>Hello there, my friend. How are you doing today? I hope well. "
+            "<|speaker:1|>Fine thanks.")
+    assert split_text(text, 49) == ["<|speaker:0|>Hello there, my friend.",
+                                    "<|speaker:0|>How are you doing today?",
+                                    "<|speaker:0|>I hope well.", "<|speaker:1|>Fine thanks."]  # 25 + 1 + 25 > 49
+
+
+def test_split_dialogue_caps_turns_per_chunk_at_five() -> None:
+    text = " ".join(f"<|speaker:{i}|>Hi." for i in range(7))
+    assert split_text(text, 500) == ["\n".join(f"<|speaker:{i}|>Hi." for i in range(5)),
+                                     "<|speaker:5|>Hi.\n<|speaker:6|>Hi."]
 
 
 def _random_text(num_chars: int, seed: int) -> str:

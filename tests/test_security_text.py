@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from engine.params import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH
-from engine.prompt import MAX_SPEAKER_DIGITS, split_text
+from engine.prompt import MAX_SPEAKER_DIGITS, MAX_TURNS_PER_CHUNK, split_text
 from engine.serving.request import ReferenceInput, SynthesisRequest
 from engine.tokenizer import SPEAKER_TAG, TextTokenizer
 from playground.api.synthesis import param_of
@@ -109,8 +109,9 @@ def test_split_text_packs_sentences_and_alternating_speakers() -> None:
     assert sentences[0] == " ".join(["Hi."] * 75)
     # Every tag changes the speaker but none has anything to say except the words after them.
     turns = split_text(_make("alternating speakers with words", MAX_TEXT_CHARS), 300)
-    assert turns[:2] == ["<|speaker:0|>a", "<|speaker:1|>b"]
-    assert len(turns) == MAX_TEXT_CHARS // len("<|speaker:0|>a <|speaker:1|>b ") * 2 + 1
+    num_turns = MAX_TEXT_CHARS // len("<|speaker:0|>a <|speaker:1|>b ") * 2 + 1
+    assert turns[0] == "<|speaker:0|>a\n<|speaker:1|>b\n<|speaker:0|>a\n<|speaker:1|>b\n<|speaker:0|>a"
+    assert len(turns) == math.ceil(num_turns / MAX_TURNS_PER_CHUNK)  # whole turns, 5 to a chunk
     assert split_text("<|speaker:0|><|speaker:1|>" * (ABOVE // 26), 300) == []  # nobody says anything
 
 

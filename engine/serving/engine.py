@@ -22,7 +22,7 @@ from engine.ar.runner import ModelRunner, RunnerConfig
 from engine.backend import resolve_backend
 from engine.loader import LoadedModel
 from engine.params import RequestError, SamplingParams
-from engine.prompt import Reference, build_prompt, split_text
+from engine.prompt import Reference, build_prompt, dialogue_text, split_text
 from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
 from engine.serving.engine_config import EngineConfig
 from engine.serving.kv_cache import BlockManager
@@ -146,7 +146,7 @@ class Engine:
         waiting queue is full."""
         self.check_room()
         refs = [Reference(r.text, self._reference_codes(r)) for r in req.references]
-        chunks = split_text(req.text, req.chunk_length) if req.chunk_length else [req.text.strip()]
+        chunks = split_text(req.text, req.chunk_length) if req.chunk_length else [dialogue_text(req.text).strip()]
         if not chunks:
             raise RequestError("text", "text has nothing to speak (only tags?)")
         job = Job(new_request_id(), chunks, refs, req.sampling, req.max_frames, RequestTimes(now()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text, split_text
+from engine import MAX_CHUNK_LENGTH, MAX_TEXT_CHARS, MIN_CHUNK_LENGTH, check_text, dialogue_text, split_text
 from playground.tags import PALETTE, SPEAKER_TAG, find_tags, lint
 
 EXAMPLES_FILE = Path(__file__).resolve().parents[2] / "assets" / "examples.json"
@@ -110,7 +110,7 @@ def preview_html(text: str, chunk_length: int) -> str:
     if not text.strip():
         return ""
     try:
-        chunks = split_text(text, int(chunk_length)) if chunk_length else [text.strip()]
+        chunks = split_text(text, int(chunk_length)) if chunk_length else [dialogue_text(text).strip()]
     except ValueError as e:  # e.g. a speaker tag with an absurd number; the message does not quote the text
         return _refused_preview(html.escape(str(e)))
     if len(chunks) == 1:
