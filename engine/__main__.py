@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def synthesize(loaded: LoadedModel, args: argparse.Namespace) -> np.ndarray:
     refs = [ReferenceInput(text, samples=load_audio(path))
             for path, text in zip(args.reference, args.reference_text)]
     if args.reference_loop:
-        references = [Reference(r.text, engine.encode_audio(r.samples)) for r in refs]
+        references = [Reference(r.text, engine.encode_audio(cast(np.ndarray, r.samples))) for r in refs]
         prompt = build_prompt(loaded.tokenizer, args.text, references)
         return generate(loaded.model, prompt, params, args.max_frames).numpy()
     request = SynthesisRequest(args.text, tuple(refs), params, args.max_frames, args.chunk_length,

@@ -188,6 +188,7 @@ def _sf_blocks(file: Any) -> Iterator[np.ndarray]:
 
 def _decode_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     import av
+    from av.error import FFmpegError
 
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
@@ -198,7 +199,7 @@ def _decode_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
             return _collect_mono(_av_blocks(container, stream), rate, max_seconds), rate
     except AudioError:
         raise
-    except (av.FFmpegError, IndexError, ValueError) as exc:
+    except (FFmpegError, IndexError, ValueError) as exc:
         raise AudioError(f"Could not decode the audio: corrupt, or not one of {INPUT_FORMATS}.") from exc
 
 

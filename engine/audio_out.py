@@ -10,10 +10,14 @@ from __future__ import annotations
 import io
 import struct
 from fractions import Fraction
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from engine.audio import SAMPLE_RATE, AudioError, duration_seconds
+
+if TYPE_CHECKING:
+    from av.audio.stream import AudioStream
 
 OPUS_SAMPLE_RATE = 48000  # libopus takes only 8/12/16/24/48 kHz, so opus output is 48 kHz
 # The types OpenAI's /v1/audio/speech answers with; "opus" is an Ogg Opus stream.
@@ -61,19 +65,20 @@ class StreamEncoder:
         self.fmt = _check_format(fmt)
         self.content_type = CONTENT_TYPES[self.fmt]
         self._header = _wav_header(sample_rate, _UNKNOWN_SIZE) if self.fmt == "wav" else b""
-        self._writer = _AvWriter(self.fmt, sample_rate, _ChunkSink()) if self.fmt in _AV_FORMATS else None
+        self._sink = _ChunkSink()
+        self._writer = _AvWriter(self.fmt, sample_rate, self._sink) if self.fmt in _AV_FORMATS else None
 
     def push(self, samples: np.ndarray) -> bytes:
         if self._writer is None:
             return self._take_header() + _pcm_bytes(samples)
         self._writer.write(samples)
-        return self._writer.file.take()
+        return self._sink.take()
 
     def finish(self) -> bytes:
         if self._writer is None:
             return self._take_header()  # a stream without audio is still a valid, empty wav
         self._writer.close()
-        return self._writer.file.take()
+        return self._sink.take()
 
     def _take_header(self) -> bytes:
         header, self._header = self._header, b""
@@ -106,7 +111,7 @@ class _AvWriter:
         options = _OGG_STREAM_OPTIONS if container_format == "ogg" and not file.seekable() else {}
         self._container = av.open(file, mode="w", format=container_format, container_options=options)
         self._rate = OPUS_SAMPLE_RATE if fmt == "opus" else sample_rate
-        self._stream = self._container.add_stream(codec, rate=self._rate, layout="mono")
+        self._stream = cast("AudioStream", self._container.add_stream(codec, rate=self._rate, layout="mono"))
         self._stream.bit_rate = bit_rate
         self._resampler = None
         if self._rate != sample_rate:

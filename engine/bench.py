@@ -112,10 +112,10 @@ def make_prompt(cfg: ModelConfig, seed: int, voice_seed: int) -> torch.Tensor:
 
 
 def pct(values: list[float | None], q: float) -> float:
-    values = sorted(v for v in values if v is not None)
-    if not values:
+    present = sorted(v for v in values if v is not None)
+    if not present:
         return float("nan")
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+    return present[min(len(present) - 1, round(q * (len(present) - 1)))]
 
 
 def run_round(engine: Engine, concurrency: int, frames: int, prefix_hit: bool, round_seed: int,
@@ -166,7 +166,7 @@ def breakdown(engine: Engine, concurrency: int, frames: int, prefix_hit: bool) -
 
 
 def _kernel_table(prof, steps: int, title: str, top: int = 25) -> list[str]:
-    events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = [e for e in prof.key_averages() if e.device_type == torch.profiler.DeviceType.CUDA]
     events.sort(key=lambda e: e.self_device_time_total, reverse=True)
     total = sum(e.self_device_time_total for e in events) / steps / 1e3
     count = sum(e.count for e in events) / steps

@@ -121,6 +121,7 @@ class ModelConfig:
         # The fast AR never uses q/k norm, whatever the file says.
         audio = TransformerConfig.parse(dec, "audio_decoder_config", qk_norm_default=False)
         audio = TransformerConfig(**{**asdict(audio), "qk_norm": False})
+        assert isinstance(dec, dict)  # parse() rejected anything else
         text_dim = dec.get("text_dim", text.dim)
         if text_dim != text.dim:
             raise ValueError(f"config.json: audio_decoder_config.text_dim {text_dim} != text_config.dim "

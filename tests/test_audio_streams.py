@@ -17,8 +17,8 @@ def test_streams_started_apart_share_one_push_after_their_ramp() -> None:
     streams = AudioStreams(codec, max_rows=4, group_frames=4)
     calls: list[tuple[int, int, list[int]]] = []  # (step, frames, vocoder rows)
     push = streams.vocoder.push
-    streams.vocoder.push = lambda slots, codes: (calls.append((step, codes.shape[-1], slots.tolist())),
-                                                 push(slots, codes))[1]
+    streams.vocoder.push = lambda rows, codes: (calls.append((step, codes.shape[-1], rows.tolist())),
+                                                push(rows, codes))[1]
     starts, num_frames = {0: 0, 1: 1, 2: 3}, 30
     codes = {rid: random_codes(1, num_frames, seed=rid)[0].numpy() for rid in starts}
     pcm: dict[int, list[np.ndarray]] = {rid: [] for rid in starts}
@@ -50,7 +50,8 @@ def test_a_stream_alone_is_pushed_the_same_way_whenever_it_starts() -> None:
         streams = AudioStreams(codec, max_rows=2, group_frames=4)
         sizes: list[int] = []
         push = streams.vocoder.push
-        streams.vocoder.push = lambda slots, c, sizes=sizes, push=push: (sizes.append(c.shape[-1]), push(slots, c))[1]
+        streams.vocoder.push = lambda rows, codes, sizes=sizes, push=push: (sizes.append(codes.shape[-1]),
+                                                                               push(rows, codes))[1]
         for step in range(idle_steps):
             streams.open(99)
             streams.add(99, codes[:, step])
@@ -81,7 +82,7 @@ def test_large_groups_are_split_into_pushes_of_push_rows() -> None:
     assert streams.buckets == [1, 2]
     rows_per_call: list[int] = []
     push = streams.vocoder.push
-    streams.vocoder.push = lambda slots, c: (rows_per_call.append(len(slots)), push(slots, c))[1]
+    streams.vocoder.push = lambda rows, codes: (rows_per_call.append(len(rows)), push(rows, codes))[1]
     codes = {rid: random_codes(1, 7, seed=10 + rid)[0].numpy() for rid in range(5)}
     pcm: dict[int, list[np.ndarray]] = {rid: [] for rid in codes}
     for rid in codes:

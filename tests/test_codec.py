@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.models.codec import Codec, CodecConfig, weight_norm_param_names
-from engine.models.codec_layers import apply_rope_cos_sin, rope_cos_sin
+from engine.models.codec_layers import WindowedTransformer, apply_rope_cos_sin, rope_cos_sin
 from engine.models.codec_state import (
     fold_weight_norm,
     load_codec,
@@ -186,7 +187,7 @@ def test_encode_of_decoded_signal_returns_codes() -> None:
 
 # --- windowed transformer and RoPE ----------------------------------------------------------------
 
-def _dense_reference(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _dense_reference(module: WindowedTransformer, x: torch.Tensor) -> torch.Tensor:
     """The transformer over the whole sequence at once: one [T, T] window mask, positions 0..T-1."""
     h = x.transpose(1, 2)
     t = h.shape[1]
@@ -201,7 +202,8 @@ def _dense_reference(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("chunk", [1, 3, 7, 256])
 def test_windowed_transformer_matches_dense_reference(chunk: int) -> None:
     codec = make_codec()
-    for module in (codec.quantizer.post_module, codec.encoder.block[4].block[5]):
+    modules = (codec.quantizer.post_module, codec.encoder.get_submodule("block.4.block.5"))
+    for module in cast("tuple[WindowedTransformer, ...]", modules):
         x = torch.randn(2, module.norm.weight.shape[0], 21)
         module.chunk_size = chunk
         with torch.no_grad():

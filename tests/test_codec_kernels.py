@@ -5,6 +5,8 @@ in Triton's interpreter, where float32 operands must agree to float rounding and
 their rounding; tests/test_cuda.py repeats the push comparison at the real shapes on the GPU."""
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 
@@ -40,7 +42,7 @@ def test_fused_pushes_equal_module_pushes(codec: Codec, operands: torch.dtype) -
     # slot 1 restarts mid-way; pushes of 1-4 frames; rows in any order
     for i, (slots, n) in enumerate([([0], 1), ([0, 1], 2), ([1, 2, 0], 1), ("reset 1", 0), ([2, 1], 3),
                                     ([0, 1], 4)]):
-        if slots == "reset 1":
+        if isinstance(slots, str):  # "reset 1"
             fused.reset(1)
             plain.reset(1)
             continue
@@ -131,12 +133,14 @@ def test_residual_unit_kernel_equals_two_convs(channels: int, then: str, operand
     unit = ResidualUnit(channels, 3).to(DEVICE)
     after, following = Snake1d(channels).to(DEVICE), Snake1d(channels).to(DEVICE)
     with torch.no_grad():
-        for snake in (unit.block[0], unit.block[2], after, following):
+        snake0, snake2 = cast(Snake1d, unit.block[0]), cast(Snake1d, unit.block[2])
+        for snake in (snake0, snake2, after, following):
             snake.alpha.uniform_(0.5, 2.0)
-    dilated = plan_conv(unit.block[1], unit.block[0], snake_first=True, out_snake=unit.block[2], operands=operands)
+    dilated = plan_conv(unit.block[1], snake0, snake_first=True, out_snake=snake2, operands=operands)
     pointwise = plan_conv(unit.block[3], None, out_snake=after if then == "out_snake" else None, operands=operands)
     h = torch.randn(batch, length, channels, device=DEVICE)
     ctx = torch.randn(batch, dilated.context * channels, device=DEVICE)
+    assert dilated.alpha is not None  # planned with a snake first
     buf = snake_after_context(h, ctx, dilated.alpha, dilated.context, operands)
     # two kernels
     inner = torch.empty(batch, length, channels, dtype=operands, device=DEVICE)

@@ -58,6 +58,7 @@ def test_cuda_engine_equals_reference_loop(cuda_model) -> None:
                 for i in range(3)]
     engine = Engine(cuda_model, EngineConfig(num_blocks=256, block_size=16, max_batch=4))
     got = run_engine(engine, arrivals)
+    assert engine.runner.prefill_graphs is not None
     assert engine.runner.prefill_graphs.replays > 0  # the prompts went through the prefill graphs
     for i, (_, prompt, params, frames) in enumerate(arrivals):
         want = generate(cuda_model.model, prompt, params, frames).numpy()

@@ -110,8 +110,8 @@ def test_rope_write_attend_equals_write_then_attention(dtype, heads, kv_heads) -
     assert torch.equal(fused[1], pools[1])
     tables = (slots // window)[:, None]
     want = paged_decode_reference(q.float(), pools[0].float(), pools[1].float(), tables, positions + 1)
-    torch.testing.assert_close(got.float(), want, **({"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32
-                                                     else {"atol": 1e-2, "rtol": 1e-2}))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

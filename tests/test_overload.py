@@ -67,7 +67,12 @@ def hanging(tiny_model: LoadedModel, tmp_path: Path) -> Iterator[tuple[str, list
     ending the process; a step hook blocks every step once `hang` is set."""
     hang, release, hangs = threading.Event(), threading.Event(), []
     engine = Engine(tiny_model, EngineConfig(num_blocks=64, block_size=16, max_batch=2, step_timeout_s=LIMIT_S))
-    engine.step_hooks.append(lambda _: hang.is_set() and release.wait(120))
+
+    def block_while_hung(_: Engine) -> None:
+        if hang.is_set():
+            release.wait(120)
+
+    engine.step_hooks.append(block_while_hung)
     settings = Settings(model_path=str(tmp_path), device="cpu", data_dir=tmp_path)
     state = AppState(settings, tiny_model, AsyncEngine(engine, on_hang=hangs.append), Store(tmp_path),
                      Access(load_secret(tmp_path)))

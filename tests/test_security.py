@@ -297,7 +297,7 @@ def _speechy_wav(variant: int = 1) -> bytes:
     t = np.arange(2 * 44100) / 44100
     f0 = 120 * variant * (1 + 0.05 * np.sin(2 * np.pi * 3 * t))
     phase = 2 * np.pi * np.cumsum(f0) / 44100
-    samples = sum(np.sin(k * phase) / k for k in range(1, 8)) * 0.2
+    samples = np.asarray(sum(np.sin(k * phase) / k for k in range(1, 8)) * 0.2)
     buf = io.BytesIO()
     sf.write(buf, samples.astype(np.float32), 44100, format="WAV", subtype="PCM_16")
     return buf.getvalue()

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -256,6 +257,7 @@ def test_history_round_trip_flac_equals_old_wav(store: Store, tmp_path: Path) ->
                               {"frames": 11, "rtf": 0.5}, take, chunks)
     assert entry.id.startswith("hist_") and entry.owner == A and entry.duration_s == pytest.approx(0.5)
     got = store.get_history(A, entry.id)
+    assert got is not None
     assert got == entry and got.params == {"temperature": 0.8, "top_k": 30} and got.chunks == chunks
     path = store.history_audio_path(A, entry.id)
     info = sf.info(path)
@@ -301,7 +303,7 @@ def test_clipping_history_audio_does_not_wrap(store: Store) -> None:
 @pytest.mark.parametrize("field", ["max_voices_per_owner", "max_history_per_owner", "max_disk_mb",
                                    "max_cached_codes"])
 @pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
-def test_limits_validated(field: str, value: object) -> None:
+def test_limits_validated(field: str, value: Any) -> None:
     with pytest.raises(ValueError, match=field):
         StoreLimits(**{field: value})
 
@@ -453,6 +455,7 @@ def test_migration_from_v0(tmp_path: Path) -> None:
         ("voice_000000000000000c", "Eve", "shared")]  # the NFKC/casefold collision renamed, not dropped
     for i, (voice_id, clip) in enumerate(old["clips"].items()):
         voice = store.get_voice("shared", voice_id)
+        assert voice is not None
         assert voice.audio_sha256 == audio_sha256(clip) and voice.transcript == f"said {i}"
         shared_codes = codes(seed=max(i, 1))  # a and b share one codes row: the last one written (b's)
         np.testing.assert_array_equal(store.voice_codes("shared", voice_id), shared_codes)
@@ -460,6 +463,7 @@ def test_migration_from_v0(tmp_path: Path) -> None:
         assert rate == SR and np.abs(stored - clip).max() <= 2.0 ** -24  # 24-bit: far below hearing
     for i, (take_id, take) in enumerate(old["takes"].items()):
         entry = store.get_history("shared", take_id)
+        assert entry is not None
         assert entry.text == f"take {i}" and entry.params == {"t": i} and entry.owner == "shared"
         np.testing.assert_array_equal(sf.read(store.history_audio_path("shared", take_id), dtype="int16")[0],
                                       float_to_int16(take))

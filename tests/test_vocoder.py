@@ -60,7 +60,7 @@ def test_state_is_bounded(codec: Codec) -> None:
     assert len(set(sizes)) == 1  # fixed-size contexts and KV windows from the first push on
     window = codec.config.quantizer_window
     cache = next(iter(decoder._caches.values()))
-    assert cache.pos == 30 and all(k.shape[2] == window - 1 for k in cache.keys)
+    assert cache.pos == 30 and all(k is not None and k.shape[2] == window - 1 for k in cache.keys)
 
 
 def test_batched_push_matches_single_streams(codec: Codec) -> None:

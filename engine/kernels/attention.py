@@ -150,15 +150,16 @@ def paged_decode_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables:
     else:
         part = torch.empty((batch, num_splits, heads, dim), dtype=torch.float32, device=q.device)
         lse = torch.empty((batch, num_splits, heads), dtype=torch.float32, device=q.device)
+    # The tl.constexpr parameters take plain values at launch; Triton's stub types them as constexpr.
     _paged_decode_kernel[(batch, kv_heads, num_splits)](
         q, k_pool, v_pool, block_tables, context_lens, part, lse, dim ** -0.5, block_tables.stride(0), kv_heads,
-        GROUPS=groups, GROUPS_PAD=max(16, triton.next_power_of_2(groups)), HEAD_DIM=dim, BLOCK=block,
-        NUM_SPLITS=num_splits,
+        GROUPS=groups, GROUPS_PAD=max(16, triton.next_power_of_2(groups)), HEAD_DIM=dim, BLOCK=block,  # pyright: ignore[reportArgumentType]
+        NUM_SPLITS=num_splits,  # pyright: ignore[reportArgumentType]
         # float32 pools (tests, CPU-parity runs) must not silently use TF32
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **LAUNCH)
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", **LAUNCH)  # pyright: ignore[reportArgumentType]
     if num_splits > 1:
         _merge_splits_kernel[(batch, heads)](part, lse, out, heads, NUM_SPLITS=num_splits, HEAD_DIM=dim,
-                                             num_warps=1, **LAUNCH)
+                                             num_warps=1, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch option
     return out
 
 
@@ -231,5 +232,5 @@ def paged_prefill_triton(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables
         _paged_prefill_kernel[(tiles.shape[0], kv_heads)](
             q, k_pool, v_pool, block_tables, tiles, out, dim ** -0.5, block_tables.stride(0), kv_heads,
             GROUPS=groups, GROUPS_PAD=triton.next_power_of_2(groups), HEAD_DIM=dim, BLOCK=block, BLOCK_M=block_m,
-            PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=8, **LAUNCH)
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=8, **LAUNCH)  # pyright: ignore[reportCallIssue]
     return out

@@ -28,7 +28,7 @@ tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import triton
@@ -79,7 +79,7 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
     block = min(2048, triton.next_power_of_2(max(length, 16)))
     if x.numel():
         grid = (batch * channels, triton.cdiv(length, block))
-        _snake_kernel[grid](x, alpha, out, channels, length, BLOCK=block, num_warps=4)
+        _snake_kernel[grid](x, alpha, out, channels, length, BLOCK=block, num_warps=4)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
     return out
 
 
@@ -236,11 +236,11 @@ def _alpha(snake: Snake1d | None) -> Tensor | None:
 
 def plan_conv(module: nn.Module, snake: Snake1d | None, snake_first: bool = False, out_snake: Snake1d | None = None,
           tanh: bool = False, operands: torch.dtype = torch.float16) -> ConvPlan:
-    weight, bias = conv_weights(module)
+    weight, bias = conv_weights(cast("CausalConv1d | CausalConvTranspose1d", module))
     is_conv = isinstance(module, CausalConv1d)
     assert out_snake is None or is_conv, "an output Snake needs one output channel per column"
     return ConvPlan(module, weight.to(operands), bias, module.conv.dilation[0] if is_conv else 1,
-                    module.left_pad if is_conv else 1, 1 if is_conv else module.stride,
+                    module.left_pad if is_conv else 1, 1 if is_conv else cast(CausalConvTranspose1d, module).stride,
                     _alpha(snake), snake_first, _alpha(out_snake), tanh)
 
 
@@ -306,7 +306,7 @@ def launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, re
         OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, ONE_SOURCE=one_source,
         EVEN_CI=cin % tiles.block_ci == 0, EVEN_CO=cout % tiles.block_co == 0, BLOCK_R=tiles.block_r,
         BLOCK_CI=tiles.block_ci, BLOCK_CO=tiles.block_co, PRECISION="ieee" if INTERPRET else "tf32",
-        num_warps=tiles.warps, num_stages=tiles.stages)
+        num_warps=tiles.warps, num_stages=tiles.stages)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
 
 
 def snake_after_context(x: Tensor, ctx: Tensor, alpha: Tensor, context: int, dtype: torch.dtype) -> Tensor:
@@ -317,7 +317,7 @@ def snake_after_context(x: Tensor, ctx: Tensor, alpha: Tensor, context: int, dty
     block_c = min(128, triton.next_power_of_2(channels))
     grid = (triton.cdiv(context + length, block_r), triton.cdiv(channels, block_c), batch)
     _snake_after_context_kernel[grid](x, ctx, alpha, out, length, context, channels, ctx.stride(0),
-                                      BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+                                      BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
     return out
 
 
@@ -327,4 +327,4 @@ def roll_context(x: Tensor, ctx: Tensor, context: int) -> None:
     block_c = min(128, triton.next_power_of_2(channels))
     _roll_kernel[(batch, triton.cdiv(channels, block_c))](
         x, ctx, length, context, channels, x.stride(0), ctx.stride(0),
-        BLOCK_L=max(16, triton.next_power_of_2(context)), BLOCK_C=block_c, num_warps=4)
+        BLOCK_L=max(16, triton.next_power_of_2(context)), BLOCK_C=block_c, num_warps=4)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub

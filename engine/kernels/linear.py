@@ -57,10 +57,13 @@ def gemv_tiles(n: int, k: int) -> tuple[int, int, int, int] | None:
 def gemv(x: Tensor, w: Tensor, tiles: tuple[int, int, int, int] | None = None, swiglu: bool = False) -> Tensor:
     """x [1, K] @ w[N, K].T -> [1, N] (K a multiple of BLOCK_K); with `swiglu` the gated [1, N/2]."""
     n, k = w.shape
-    block_n, block_k, warps, stages = tiles or gemv_tiles(n, k)
+    tiles = tiles or gemv_tiles(n, k)
+    assert tiles is not None, "K must be a multiple of 512"
+    block_n, block_k, warps, stages = tiles
     y = torch.empty((1, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, BLOCK_N=block_n, BLOCK_K=block_k, SWIGLU=swiglu,
-                                             num_warps=warps, num_stages=stages, **LAUNCH)
+                                             num_warps=warps, num_stages=stages,  # pyright: ignore[reportCallIssue]
+                                             **LAUNCH)  # launch options (num_warps, ...): not in Triton's stub
     return y
 
 
@@ -89,7 +92,7 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
         start = 2 * BLOCK_K
     else:
         after_previous(PDL)
-    for k0 in range(start, K, BLOCK_K):
+    for k0 in range(start, K, BLOCK_K):  # pyright: ignore[reportArgumentType]  # tl.constexpr bounds
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
         x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
@@ -118,7 +121,7 @@ def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
     _gemm_rows_kernel[(triton.cdiv(n, block_n),)](
         x, w, y, rows, n, k, BLOCK_M=block_m(rows), BLOCK_N=block_n, BLOCK_K=block_k,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel and k >= 2 * block_k, SWIGLU=swiglu,
-        num_warps=4, num_stages=stages, **LAUNCH)
+        num_warps=4, num_stages=stages, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch options: not in the stub
     return y
 
 

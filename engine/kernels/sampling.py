@@ -31,7 +31,7 @@ def _bisect(keys, packed, lo, hi, top_k, limit):
     top_k and its mass (the low 48 bits of the packed sum) at most `limit`."""
     mid = lo + (hi - lo) // 2
     total = tl.sum(tl.where(keys >= mid, packed, 0), axis=0)
-    ok = ((total >> 48) <= top_k) & ((total & ((1 << 48) - 1)) <= limit)
+    ok = ((total >> 48) <= top_k) & ((total & ((1 << 48) - 1)) <= limit)  # pyright: ignore[reportOperatorIssue]  # tl.sum stub
     active = lo < hi
     return tl.where(active & ~ok, mid + 1, lo), tl.where(active & ok, mid, hi)
 
@@ -103,7 +103,7 @@ def _sample_kernel(logits_ptr, stride_l, vocab, slots_ptr, frames_ptr, temp_ptr,
         high = _pick(logits, keys, idx, kept_ras, _hash32(seed_key ^ _hash32((counter + 1).to(tl.uint32))), 1.0)
         w = tl.arange(0, 16)
         recent = tl.load(recent_ptr + slot * WINDOW + w, mask=w < WINDOW, other=-2)
-        repeats = tl.sum((recent == tok).to(tl.int32), axis=0) > 0
+        repeats = tl.sum((recent == tok).to(tl.int32), axis=0) > 0  # pyright: ignore[reportOperatorIssue]  # tl.sum stub
         ras = tl.load(ras_ptr + slot).to(tl.int32) != 0
         tok = tl.where(ras & (tok < vocab - 1) & repeats, high, tok)
         shifted = tl.load(recent_ptr + slot * WINDOW + w + 1, mask=w < WINDOW - 1, other=-2)
@@ -133,4 +133,4 @@ def sample_into(logits: Tensor, slots: Tensor, frames: Tensor, params, out: Tens
         ignore_last if slow else slots,
         SLOW=slow, WINDOW=recent.shape[1] if slow else 1, BLOCK_V=triton.next_power_of_2(vocab),
         SHIFT=16 if logits.dtype == torch.bfloat16 else 0,
-        num_warps=8, **LAUNCH)  # the fastest warp count for the slow draw (docs/BENCHMARKS.md)
+        num_warps=8, **LAUNCH)  # pyright: ignore[reportCallIssue]  # not in Triton's stub; the fastest warp count for the slow draw (docs/BENCHMARKS.md)

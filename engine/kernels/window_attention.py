@@ -107,5 +107,5 @@ def window_attention(qkv: Tensor, rope: Tensor, state: Tensor, slots: Tensor, po
     _window_attention_kernel[(batch, heads)](
         qkv.contiguous(), rope.contiguous(), out, state, slots, pos, num_new, state.stride(0),
         layer_start, dim ** -0.5, HEADS=heads, RING=ring, D=dim, BLOCK_N=max(16, triton.next_power_of_2(num_new)),
-        BLOCK_E=block_e, num_warps=warps)
+        BLOCK_E=block_e, num_warps=warps)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -61,7 +61,7 @@ class CodecConfig:
         for name in _TUPLE_FIELDS:  # JSON gives lists
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
-        bad = [f.name for f in fields(self) if not _valid_number(f.name, getattr(self, f.name), f.type)]
+        bad = [f.name for f in fields(self) if not _valid_number(f.name, getattr(self, f.name), cast(str, f.type))]
         if bad:
             raise ValueError(f"codec config: invalid {', '.join(bad)}: fields are positive integers "
                              "(tuples of them for rates and layer counts, which may be 0; "
@@ -245,7 +245,7 @@ class Codec(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.decoder.model[0].conv.weight.dtype
+        return cast(CausalConv1d, self.decoder.model[0]).conv.weight.dtype
 
 
 def weight_norm_param_names(model: Codec) -> list[str]:

@@ -11,6 +11,7 @@ same arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +179,7 @@ class CodecAttention(nn.Module):
         q, k = apply_rope_cos_sin(q, rope), apply_rope_cos_sin(k, rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if past_k is not None:
+            assert past_v is not None  # keys and values are cached together
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
         with sdpa_kernel(_SDPA_BACKENDS):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -226,7 +228,8 @@ class WindowedTransformer(nn.Module):
         h = x.transpose(1, 2)  # [B, T, C]
         keep = self.window - 1  # keys the next position can still see
         if cache.keys[0] is None:
-            zeros = h.new_zeros(h.shape[0], self.layers[0].attention.n_head, keep, self.head_dim)
+            n_head = cast(TransformerLayer, self.layers[0]).attention.n_head
+            zeros = h.new_zeros(h.shape[0], n_head, keep, self.head_dim)
             cache.keys, cache.values = [zeros] * len(self.layers), [zeros] * len(self.layers)
         positions = torch.arange(cache.pos, cache.pos + h.shape[1], device=h.device)
         rope = rope_cos_sin(positions, self.head_dim, self.rope_base)

@@ -9,7 +9,8 @@ descript-audio-codec VQ, held here folded as plain `nn.Conv1d`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +58,7 @@ class ResidualQuantizer(nn.Module):
     def encode(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z [B, D, T] -> (codes [B, n, T], quantized sum [B, D, T])."""
         residual, total, codes = z, torch.zeros_like(z), []
-        for vq in self.quantizers:
+        for vq in cast("Iterable[VectorQuantizer]", self.quantizers):
             c = vq.encode(residual)
             out = vq.decode(c)
             total, residual = total + out, residual - out
@@ -67,10 +68,11 @@ class ResidualQuantizer(nn.Module):
     def decode(self, codes: Tensor) -> Tensor:
         """codes [B, n, T] -> [B, D, T], clamped into the codebook as upstream does."""
         codes = codes.clamp(0, self.codebook_size - 1)
-        total = None
-        for i, vq in enumerate(self.quantizers):
+        total: Tensor | None = None
+        for i, vq in enumerate(cast("Iterable[VectorQuantizer]", self.quantizers)):
             out = vq.decode(codes[:, i])
             total = out if total is None else total + out
+        assert total is not None  # at least one codebook
         return total
 
 

@@ -80,6 +80,7 @@ class DualAR(nn.Module):
     def slow_forward(self, x: Tensor, positions: Tensor, attend: Attend) -> Tensor:
         """x [N, dim] at `positions` [N] -> post-final-norm hidden [N, dim]."""
         m = self.text_model.model
+        assert self.slow_rope is not None, "set up the rope tables first"
         return run_layers(m.layers, m.norm, x, self.slow_rope[positions], attend)
 
     def slow_logits(self, hidden: Tensor) -> Tensor:
@@ -107,6 +108,7 @@ class DualAR(nn.Module):
     def fast_forward(self, x: Tensor, positions: Tensor, attend: Attend) -> Tensor:
         """x [N, dim] at codebook `positions` [N] (0..9) -> post-norm hidden [N, dim]."""
         d = self.audio_decoder
+        assert self.fast_rope is not None, "set up the rope tables first"
         return run_layers(d.layers, d.norm, x, self.fast_rope[positions], attend)
 
     def fast_logits(self, hidden: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ which widens that to ~1e-4 unless `torch.backends.cudnn.allow_tf32` is off.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -112,10 +113,11 @@ class StreamingDecoder:
     def _step(self, module: nn.Module, x: Tensor) -> Tensor:
         if isinstance(module, WindowedTransformer):
             return module.step(x, self._caches.setdefault(module, module.new_cache()))
-        context = self._contexts.get(module)
+        conv = cast("CausalConv1d | CausalConvTranspose1d", module)
+        context = self._contexts.get(conv)
         if context is None:  # zeros at the start, exactly like the one-shot left padding
-            context = x.new_zeros(x.shape[0], *context_shape(module))
-        y, self._contexts[module] = module.step(x, context)
+            context = x.new_zeros(x.shape[0], *context_shape(conv))
+        y, self._contexts[conv] = conv.step(x, context)
         return y
 
     def state_size(self) -> int:
