@@ -44,7 +44,9 @@ def test_reused_vocoder_rows_stream_the_one_shot_decode(tiny_dir) -> None:
         all_codes = np.concatenate(codes[rid], axis=1)
         assert all_codes.shape[1] == 6 + i
         whole = model.codec.decode(torch.from_numpy(all_codes)[None].cuda())[0, 0].float().cpu().numpy()
-        np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=2e-3, rtol=0)
+        # the codec's TF32 kernels round differently per push split (tests/test_codec_kernels.py
+        # PUSH_ATOL); a row that kept its last owner's state would be off by the signal itself
+        np.testing.assert_allclose(np.concatenate(pcm[rid]), whole, atol=5e-3, rtol=0)
     assert engine.streams.rows_free() == 2 and not engine.streams.streams
 
 

@@ -41,7 +41,7 @@ class FrameGraphs:
 
     def _capture(self, batch: int) -> tuple[torch.cuda.CUDAGraph, FrameInputs, torch.Tensor]:
         static = self._static_inputs(batch)
-        graph, out = capture_graph(lambda: self.frame(static), self.pool)
+        graph, out = capture_graph(lambda: self.frame(static), self.pool, "ar")
         return graph, static, out
 
     def bucket_for(self, batch: int) -> int:

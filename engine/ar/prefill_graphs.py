@@ -37,7 +37,7 @@ class PrefillGraphs:
 
     def _capture(self, tokens: int) -> tuple[torch.cuda.CUDAGraph, PrefillInputs, torch.Tensor]:
         static = self.runner.prefill_inputs([], tokens, fixed=True)  # all padding: warm-up writes only scratch
-        graph, out = capture_graph(lambda: self.runner.prefill_paged(static), self.pool)
+        graph, out = capture_graph(lambda: self.runner.prefill_paged(static), self.pool, "ar")
         return graph, static, out
 
     def run(self, items: Sequence[tuple[SeqLike, int, int]]) -> torch.Tensor:

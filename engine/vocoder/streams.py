@@ -96,7 +96,8 @@ class AudioStreams:
         codes = torch.zeros(rows, 10, n, dtype=torch.long, device=self.device)
         assert self.graph_pool is not None
         try:
-            graph, out = capture_graph(lambda: self.vocoder.push(slots, codes), self.graph_pool, self.device)
+            graph, out = capture_graph(lambda: self.vocoder.push(slots, codes), self.graph_pool, "vocoder",
+                                       self.device)
         except RuntimeError as exc:  # keep serving eagerly rather than not at all
             log.warning("vocoder graph for %d rows x %d frames not captured: %s", rows, n, exc)
             return
