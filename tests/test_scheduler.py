@@ -86,3 +86,22 @@ def test_hold_is_bounded_per_sequence_and_skips_later_chunks() -> None:
     for i in range(3):
         scheduler.add(Sequence(i, prompt(300, i), 20, 0))
     assert run_plan(scheduler) == ([(0, 0, 300), (1, 0, 100)], [0])
+
+
+def test_prefill_steps_shrink_to_the_decoding_budget_while_sequences_decode() -> None:
+    """Nothing decoding: a step prefills the whole budget (700). Once a sequence decodes, every step
+    carries its frame, and prefills at most decode_prefill_budget (250) tokens; when nothing decodes
+    any more the full budget comes back. A decoding budget above the budget is the budget."""
+    scheduler = Scheduler(BlockManager(128, 16), max_batch=8, prefill_budget=700, hold_tokens=0,
+                          decode_prefill_budget=250)
+    scheduler.add(Sequence(0, prompt(300, 0), 3, 0))
+    assert run_plan(scheduler) == ([(0, 0, 300)], [0])
+    for i in (1, 2):
+        scheduler.add(Sequence(i, prompt(300, i), 20, 0))
+    assert run_plan(scheduler) == ([(1, 0, 250)], [0])
+    assert run_plan(scheduler) == ([(1, 250, 50), (2, 0, 200)], [0, 1])
+    scheduler.finish(scheduler.running[0])
+    scheduler.finish(scheduler.running[0])
+    scheduler.add(Sequence(3, prompt(600, 3), 20, 0))
+    assert run_plan(scheduler) == ([(2, 200, 100), (3, 0, 600)], [2, 3])
+    assert Scheduler(BlockManager(8, 16), 2, 300, 0, decode_prefill_budget=900).decode_prefill_budget == 300

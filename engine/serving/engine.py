@@ -103,7 +103,8 @@ class Engine:
                                                              loaded.config.text.max_seq_len),
                                   self.backend)
         self.blocks = BlockManager(num_blocks, cfg.block_size)
-        self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget, cfg.burst_hold_tokens)
+        self.scheduler = Scheduler(self.blocks, cfg.max_batch, cfg.prefill_budget, cfg.burst_hold_tokens,
+                                   cfg.decode_prefill_budget)
         before_graphs = device_bytes(loaded.device)
         self._capture_graphs()
         one_block = block_bytes(loaded.config, loaded.dtype, cfg.block_size)

@@ -16,6 +16,9 @@ class EngineConfig:
     cpu_kv_mb: int = 1024
     max_batch: int = 32  # sequences decoded together in one frame
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
+    # ... and at most this many while any sequence decodes: a 2,048-token step (~35 ms on an H100)
+    # plus a frame of 128 rows fell below 21.5 frames/s, and playing streams ran dry during bursts
+    decode_prefill_budget: int = 1024
     # New sequences whose prompts are done wait (at most this many tokens' worth of prefill steps)
     # while the rest of the admitted prompts fit in this many tokens, then start decoding together.
     burst_hold_tokens: int = 16384
@@ -42,8 +45,8 @@ class EngineConfig:
     step_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1:
-            raise ValueError("block_size, max_batch and prefill_budget must be positive")
+        if self.block_size < 1 or self.max_batch < 1 or self.prefill_budget < 1 or self.decode_prefill_budget < 1:
+            raise ValueError("block_size, max_batch, prefill_budget and decode_prefill_budget must be positive")
         if self.burst_hold_tokens < 0:
             raise ValueError("burst_hold_tokens must be >= 0 (0: every sequence starts when its prompt is done)")
         if self.num_blocks is not None and self.num_blocks < 1:

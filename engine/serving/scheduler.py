@@ -20,10 +20,14 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int, hold_tokens: int) -> None:
+    def __init__(self, blocks: BlockManager, max_batch: int, prefill_budget: int, hold_tokens: int,
+                 decode_prefill_budget: int | None = None) -> None:
         self.blocks = blocks
         self.max_batch = max_batch
         self.prefill_budget = prefill_budget
+        # While any sequence decodes, each step carries its frame: a smaller prefill keeps that step
+        # short, so streams already playing stay ahead of real time while new prompts prefill.
+        self.decode_prefill_budget = min(prefill_budget, decode_prefill_budget or prefill_budget)
         # A burst whose remaining prompts fit in this many tokens starts decoding together (see schedule).
         self.hold_tokens = hold_tokens
         self.max_hold_steps = -(-self.hold_tokens // prefill_budget)
@@ -67,7 +71,7 @@ class Scheduler:
     def schedule(self) -> StepPlan:
         self._admit()
         plan = StepPlan()
-        budget = self.prefill_budget
+        budget = self.decode_prefill_budget if any(s.decoding for s in self.running) else self.prefill_budget
         for seq in self.running:
             if seq.in_prefill and budget > 0:
                 n = min(budget, seq.prompt_len - seq.num_computed)
