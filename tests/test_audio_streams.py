@@ -114,3 +114,27 @@ def test_rows_are_taken_at_the_first_frame_and_never_overcommitted() -> None:
     streams.add(2, codes[:, 1])  # a second decoding stream with one row is an engine bug: said loudly
     with pytest.raises(AssertionError, match="all 1 vocoder rows are taken"):
         streams.decode(streams.starting())
+
+
+def test_first_frame_and_ramp_groups_are_handed_out_in_the_step_they_are_read() -> None:
+    """starting(): a stream's first frame and each due ramp group (2, then 4 frames with groups of 8)
+    are due now, so their PCM comes back from the same decode call; a group past the ramp (8
+    frames) is picked up later, in order, and everything equals the one-shot decode."""
+    codec = make_codec()
+    streams = AudioStreams(codec, max_rows=2, group_frames=8)
+    codes = random_codes(1, 15, seed=7)[0].numpy()
+    streams.open(0)
+    now: list[int] = []  # frames handed out in the step their last frame was added
+    pcm: list[np.ndarray] = []
+    for t in range(15):
+        streams.add(0, codes[:, t])
+        due = streams.starting()
+        got = streams.decode(due)
+        pcm += [chunk for _, chunk in got]
+        if due:
+            assert due == {0} and len(got) == 1
+            now.append(len(got[0][1]) // 2048)
+    pcm += [chunk for _, chunk in streams.decode({0})]
+    assert now == [1, 2, 4]  # frames 1, 3 and 7 end ramp groups; frames 8-15 form one later group
+    whole = codec.decode(torch.from_numpy(codes)[None])[0, 0].numpy()
+    np.testing.assert_allclose(np.concatenate(pcm), whole, atol=1e-5, rtol=0)

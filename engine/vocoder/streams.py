@@ -6,7 +6,8 @@ is decoding, and one between chunks holds a row but its next chunk is queued fir
 before any new request, so the engine's max_batch rows always suffice (asserted). A row is reset on
 the vocoder's stream, behind any push of its previous owner still queued there. Its first frame is
 decoded at once (time to first audio); later frames are decoded in growing groups (1, 2, 4, ... up to
-`group_frames`), so the audio already out always covers the time until the next group. Past that
+`group_frames`), so the audio already out always covers the time until the next group; while a
+stream ramps, each group is handed out in the step its frames are read (`starting`). Past that
 ramp, whenever one stream's group is full every other stream past its ramp pushes what it has with
 it: streams that started at different steps fall into step after one group and then share one
 decoder call, which reads the codec's weights once for all of them. Rows with the same number of
@@ -123,8 +124,12 @@ class AudioStreams:
         return full
 
     def starting(self) -> set[int]:
-        """Streams whose first frame waits: decoded without delay for time to first audio."""
-        return {rid for rid, s in self.streams.items() if s.pushes == 0 and s.pending}
+        """Streams whose audio is handed out in the step its frames are read: a first frame (time to
+        first audio) and a ramp group that is due (the listener holds less than one more group;
+        left to the next step's pickup, it arrived a frame later and early streams ran dry)."""
+        return {rid for rid, s in self.streams.items()
+                if s.pending and (s.pushes == 0 or (s.ramping(self.group_frames)
+                                                    and len(s.pending) >= 2 ** s.pushes))}
 
     def decode(self, flush: set[int]) -> list[tuple[int, np.ndarray]]:
         """Queue a push for every stream whose next group is due (or that is in `flush`) and hand out
