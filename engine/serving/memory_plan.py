@@ -42,8 +42,13 @@ def streams_held(num_blocks: int, block_size: int, tokens: int = TYPICAL_STREAM_
 
 
 def device_bytes(device: torch.device) -> int:
-    """Memory torch holds on `device` now, graph pools and cached blocks included (0 on CPU)."""
-    return torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
+    """Memory torch holds on `device` now, graph pools included (0 on CPU). Cached free blocks are
+    released first: a graph capture releases them too, so counting them made the vocoder's share
+    negative (the loader's leftovers, released by its first capture)."""
+    if device.type != "cuda":
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_reserved(device)
 
 
 def free_bytes(device: torch.device) -> int:
