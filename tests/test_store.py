@@ -1,101 +1,46 @@
-"""Store: owners' voices and takes in SQLite + FLAC on disk; names, ids, codes cache, caps and eviction,
-the running byte count, migration from the owner-less WAV store, threads."""
+"""Store: owners' voices and takes in SQLite + FLAC on disk; names, ids, the codes cache, owners.
+Caps, eviction, the byte count and threads: test_store_disk.py; migration: test_store_migration.py."""
 from __future__ import annotations
 
-import json
-import sqlite3
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, DecodedClip
+from engine.audio import DecodedClip
 from engine.audio_out import float_to_int16
 from playground.store import (
     DB_FILE,
-    EXPORTS_DIR,
     DuplicateName,
-    LibraryFull,
     Store,
     StoreLimits,
     audio_sha256,
-    check_name,
 )
-from tests.tools import tool
-
-SR = SAMPLE_RATE
-A, B = "s:alice", "s:bob"
-
-
-def noise_clip(seconds: float = 1.0, seed: int = 0, rate: int = SR) -> DecodedClip:
-    """Noise (incompressible: sizes are predictable) at `rate`; its 44.1 kHz side is a linear resample."""
-    native = (np.random.default_rng(seed).standard_normal(int(rate * seconds)) * 0.1).astype(np.float32)
-    return DecodedClip(_to_44k(native, rate), native, rate)
-
-
-def _to_44k(native: np.ndarray, rate: int) -> np.ndarray:
-    n = round(len(native) * SR / rate)
-    return np.interp(np.arange(n) * rate / SR, np.arange(len(native)), native).astype(np.float32)
-
-
-def samples(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
-    return noise_clip(seconds, seed).samples
-
-
-def codes(n: int = 5, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 4096, size=(10, n), dtype=np.int64)
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> DecodedClip:
-    """Real speech: espeak-ng writes 16-bit mono WAV at 22.05 kHz."""
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    subprocess.run([tool("espeak-ng"), "-w", str(path), "Hello, this is the voice I would like to keep in my "
-                    "library, so that later takes sound just like me."], check=True, timeout=60)
-    assert sf.info(path).subtype == "PCM_16"
-    native, rate = sf.read(path, dtype="float32")
-    return DecodedClip(_to_44k(native, rate), native, rate)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path)
-
-
-def files_bytes(store: Store) -> int:
-    return sum(p.stat().st_size for d in ("voices", "history", EXPORTS_DIR)
-               for p in (store.data_dir / d).rglob("*") if p.is_file())
-
-
-def add_take(store: Store, owner: str = A, seconds: float = 0.05, seed: int = 0, text: str = "t") -> str:
-    return store.add_history(owner, text, None, None, {}, seed, {}, samples(seconds, seed), []).id
+from tests.store_helpers import SR, A, B, add_take, codes, files_bytes, noise_clip, samples
 
 
 # -- voices -----------------------------------------------------------------------------------------
-def test_add_voice_round_trip_exact_flac(store: Store, speech: DecodedClip) -> None:
-    voice = store.add_voice(A, "  Anna  ", speech, " Hello there. ", codes(7))
+def test_add_voice_round_trip_exact_flac(store: Store, spoken_clip: DecodedClip) -> None:
+    voice = store.add_voice(A, "  Anna  ", spoken_clip, " Hello there. ", codes(7))
     assert (voice.owner, voice.name, voice.transcript) == (A, "Anna", "Hello there.")
-    assert voice.id.startswith("voice_") and voice.duration_s == pytest.approx(len(speech.samples) / SR)
-    assert voice.audio_sha256 == audio_sha256(speech.samples)  # the codes-cache key, as before
+    assert voice.id.startswith("voice_") and voice.duration_s == pytest.approx(len(spoken_clip.samples) / SR)
+    assert voice.audio_sha256 == audio_sha256(spoken_clip.samples)  # the codes-cache key, as before
     assert store.get_voice(A, voice.id) == voice == store.get_voice(A, "ANNA") and store.list_voices(A) == [voice]
     np.testing.assert_array_equal(store.voice_codes(A, voice.id), codes(7))
     assert store.voice_codes(A, voice.id).dtype == np.int64
     path = store.voice_audio_path(A, voice.id)
     assert path == store.voices_dir / f"{voice.audio_sha256}.flac"
     info = sf.info(path)
-    assert (info.format, info.subtype, info.samplerate) == ("FLAC", "PCM_24", speech.native_rate)
+    assert (info.format, info.subtype, info.samplerate) == ("FLAC", "PCM_24", spoken_clip.native_rate)
     stored, _ = sf.read(path, dtype="float32")
-    np.testing.assert_array_equal(stored, speech.native)  # lossless for a 16-bit source
+    np.testing.assert_array_equal(stored, spoken_clip.native)  # lossless for a 16-bit source
     assert (store.data_dir / DB_FILE).is_file()
 
 
-def test_flac_much_smaller_than_float_wav(store: Store, speech: DecodedClip) -> None:
-    voice = store.add_voice(A, "a", speech, "t", codes())
-    float_wav_bytes = 44 + 4 * len(speech.samples)  # what the old store wrote for this clip
+def test_flac_much_smaller_than_float_wav(store: Store, spoken_clip: DecodedClip) -> None:
+    voice = store.add_voice(A, "a", spoken_clip, "t", codes())
+    float_wav_bytes = 44 + 4 * len(spoken_clip.samples)  # what the old store wrote for this clip
     flac_bytes = store.voice_audio_path(A, voice.id).stat().st_size
     assert flac_bytes * 5 < float_wav_bytes and store.disk_bytes() == flac_bytes
 
@@ -175,10 +120,10 @@ def test_rename(store: Store) -> None:
         store.rename_voice(A, "voice_ffffffffffffffff", "d")
 
 
-def test_identical_clips_stored_once_and_removed_with_the_last_voice(store: Store, speech: DecodedClip) -> None:
-    a = store.add_voice(A, "a", speech, "t", codes())
-    b = store.add_voice(B, "b", speech, "t", codes())  # another owner, the same clip
-    a2 = store.add_voice(A, "a2", speech, "t", codes())
+def test_identical_clips_stored_once_and_removed_with_the_last_voice(store: Store, spoken_clip: DecodedClip) -> None:
+    a = store.add_voice(A, "a", spoken_clip, "t", codes())
+    b = store.add_voice(B, "b", spoken_clip, "t", codes())  # another owner, the same clip
+    a2 = store.add_voice(A, "a2", spoken_clip, "t", codes())
     path = store.voice_audio_path(A, a.id)
     assert store.voice_audio_path(B, b.id) == path and list(store.voices_dir.iterdir()) == [path]
     assert store.disk_bytes() == path.stat().st_size
@@ -297,210 +242,3 @@ def test_clipping_history_audio_does_not_wrap(store: Store) -> None:
     entry = store.add_history(A, "x", None, None, {}, 1, {}, np.array([2.0, -2.0, 0.5], np.float32), [])
     stored, _ = sf.read(store.history_audio_path(A, entry.id), dtype="float32")
     assert stored[0] > 0.99 and stored[1] < -0.99 and stored[2] == pytest.approx(0.5, abs=1e-4)
-
-
-# -- caps and eviction ------------------------------------------------------------------------------
-@pytest.mark.parametrize("field", ["max_voices_per_owner", "max_history_per_owner", "max_disk_mb",
-                                   "max_cached_codes"])
-@pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
-def test_limits_validated(field: str, value: Any) -> None:
-    with pytest.raises(ValueError, match=field):
-        StoreLimits(**{field: value})
-
-
-def test_voice_cap_refuses_per_owner(tmp_path: Path) -> None:
-    store = Store(tmp_path, StoreLimits(max_voices_per_owner=2))
-    first = store.add_voice(A, "a", noise_clip(seed=0), "t", codes())
-    store.add_voice(A, "b", noise_clip(seed=1), "t", codes())
-    with pytest.raises(LibraryFull, match="delete one first"):
-        store.add_voice(A, "c", noise_clip(seed=2), "t", codes())
-    assert store.add_voice(B, "c", noise_clip(seed=2), "t", codes()).owner == B  # B's library is its own
-    assert store.rename_voice(A, first.id, "z").name == "z"  # a full library still renames
-    store.delete_voice(A, first.id)
-    assert store.add_voice(A, "c", noise_clip(seed=2), "t", codes()).name == "c"
-    assert len(list(store.voices_dir.iterdir())) == 2  # A's "c" and B's "c" are the same clip
-    assert store.disk_bytes() == files_bytes(store)
-
-
-def test_history_cap_evicts_that_owners_oldest(tmp_path: Path) -> None:
-    store = Store(tmp_path, StoreLimits(max_history_per_owner=3))
-    b_take = add_take(store, owner=B)
-    ids = [add_take(store, seed=i) for i in range(5)]
-    assert [e.id for e in store.list_history(A)] == ids[:1:-1]
-    assert [e.id for e in store.list_history(B)] == [b_take]
-    assert sorted(p.stem for p in store.history_dir.iterdir()) == sorted([b_take, *ids[2:]])
-    assert store.disk_bytes() == files_bytes(store)
-
-
-def test_disk_cap_evicts_takes_oldest_first_then_lru_voices(tmp_path: Path) -> None:
-    store = Store(tmp_path, StoreLimits(max_disk_mb=1))  # noise: a voice ~120 KB/s, a take ~76 KB/s
-    v1 = store.add_voice(A, "v1", noise_clip(2.0, seed=1), "t", codes())
-    v2 = store.add_voice(B, "v2", noise_clip(2.0, seed=2), "t", codes())
-    store.voice_codes(A, v1.id)  # v1 used last: v2 is the least recently used voice
-    t1, t2 = add_take(store, A, 3.0, seed=1), add_take(store, B, 3.0, seed=2)
-    assert store.disk_bytes() < 1 << 20 and len(store.list_history(A)) == 1
-    t3 = add_take(store, B, 3.0, seed=3)  # over the cap: the oldest take goes, whoever made it
-    assert store.get_history(A, t1) is None and store.get_history(B, t2) is not None
-    assert store.list_voices(B) == [v2]
-    t4 = add_take(store, A, 9.0, seed=4)  # takes alone cannot make room: then the LRU voice goes
-    assert store.get_history(B, t2) is None and store.get_history(B, t3) is None
-    assert store.list_voices(B) == [] and store.list_voices(A) == [v1] and store.get_history(A, t4) is not None
-    assert store.disk_bytes() <= 1 << 20 and store.disk_bytes() == files_bytes(store)
-
-
-def test_disk_cap_counts_exports(tmp_path: Path) -> None:
-    store = Store(tmp_path, StoreLimits(max_disk_mb=1))
-    old, new = add_take(store, A, seed=1), add_take(store, B, seed=2)
-    old_exports = store.exports_dir(A, old)
-    (old_exports / "a.wav").write_bytes(b"x" * 1000)
-    store.track_exports(A, old)
-    (store.exports_dir(B, new) / "b.wav").write_bytes(b"x" * (1 << 20))
-    assert store.track_exports(B, new) == 1 << 20  # over the cap: the older take and its exports go
-    assert store.get_history(A, old) is None and not old_exports.exists()
-    assert store.get_history(B, new) is not None and store.disk_bytes() == files_bytes(store)
-
-
-def test_running_byte_count_matches_disk(tmp_path: Path, speech: DecodedClip) -> None:
-    store = Store(tmp_path, StoreLimits(max_history_per_owner=4, max_disk_mb=2))
-    voices = [store.add_voice(o, f"v{i}", speech if i % 2 else noise_clip(0.5, seed=i), "t", codes())
-              for i, o in enumerate((A, B, A, B))]
-    takes = [add_take(store, (A, B)[i % 2], 0.3, seed=i) for i in range(12)]
-    store.replace_history_audio(B, takes[-1], samples(1.0, seed=99), [])
-    (store.exports_dir(A, takes[-2]) / "x.flac").write_bytes(b"y" * 5000)
-    store.track_exports(A, takes[-2])
-    store.delete_voice(B, voices[1].id)
-    store.delete_history(A, takes[-4])
-    assert store.disk_bytes() == files_bytes(store) > 0
-    assert Store(tmp_path).disk_bytes() == store.disk_bytes()  # re-counted from the rows, not the tree
-
-
-# -- persistence, threads ---------------------------------------------------------------------------
-def test_persists_across_instances(tmp_path: Path) -> None:
-    first = Store(tmp_path)
-    voice = first.add_voice(A, "a", noise_clip(), "t", codes())
-    entry = first.add_history(A, "hi", voice.id, voice.name, {"t": 0.7}, 5, {"frames": 2}, samples(0.1), [])
-    second = Store(tmp_path)
-    assert second.get_voice(A, voice.id) == voice and second.get_history(A, entry.id) == entry
-    np.testing.assert_array_equal(second.voice_codes(A, voice.id), codes())
-    assert sqlite3.connect(tmp_path / DB_FILE).execute("PRAGMA user_version").fetchone()[0] == 2
-
-
-def test_concurrent_writers(store: Store) -> None:
-    def add(i: int) -> str:
-        owner = (A, B)[i % 2]
-        store.add_history(owner, f"t{i}", None, None, {}, i, {}, samples(0.05, seed=i), [])
-        return store.add_voice(owner, f"v{i}", noise_clip(0.1, seed=i), "t", codes(seed=i)).id
-    with ThreadPoolExecutor(8) as pool:
-        ids = list(pool.map(add, range(24)))
-    assert len(set(ids)) == 24 and len(store.list_voices(A)) == len(store.list_voices(B)) == 12
-    assert len(store.list_history(A)) == 12
-    for i, voice_id in enumerate(ids):
-        np.testing.assert_array_equal(store.voice_codes((A, B)[i % 2], voice_id), codes(seed=i))
-    assert store.disk_bytes() == files_bytes(store)
-
-
-# -- migration from the owner-less WAV store --------------------------------------------------------
-_V0_SCHEMA = """
-CREATE TABLE voices (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE, transcript TEXT NOT NULL,
-    created_at REAL NOT NULL, duration_s REAL NOT NULL, audio_sha256 TEXT NOT NULL);
-CREATE TABLE codes (audio_sha256 TEXT PRIMARY KEY, codes BLOB NOT NULL);
-CREATE TABLE history (
-    id TEXT PRIMARY KEY, created_at REAL NOT NULL, text TEXT NOT NULL, voice_id TEXT, voice_name TEXT,
-    params TEXT NOT NULL, seed INTEGER NOT NULL, stats TEXT NOT NULL, duration_s REAL NOT NULL,
-    chunks TEXT NOT NULL);
-CREATE INDEX history_created ON history (created_at);
-"""
-
-
-def _npy(array: np.ndarray) -> bytes:
-    import io
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def make_v0_store(root: Path) -> dict:
-    """A data dir as the old store left it: float32 WAV clips per voice id, 16-bit WAV takes."""
-    (root / "voices").mkdir(parents=True)
-    (root / "history").mkdir()
-    db = sqlite3.connect(root / DB_FILE)
-    db.executescript(_V0_SCHEMA)
-    clips = {"voice_000000000000000a": samples(0.5, seed=1), "voice_000000000000000b": samples(0.5, seed=1),
-             "voice_000000000000000c": samples(0.3, seed=2)}  # a and b share a clip
-    names = {"voice_000000000000000a": "Straße", "voice_000000000000000b": "STRASSE", "voice_000000000000000c": "Eve"}
-    for i, (voice_id, clip) in enumerate(clips.items()):
-        sf.write(root / "voices" / f"{voice_id}.wav", clip, SR, subtype="FLOAT")
-        db.execute("INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?)",
-                   (voice_id, names[voice_id], f"said {i}", 100.0 + i, len(clip) / SR, audio_sha256(clip)))
-        db.execute("INSERT OR REPLACE INTO codes VALUES (?, ?)", (audio_sha256(clip), _npy(codes(seed=i))))
-    takes = {f"hist_000000000000000{i}": samples(0.2, seed=10 + i) for i in range(2)}
-    for i, (take_id, take) in enumerate(takes.items()):
-        sf.write(root / "history" / f"{take_id}.wav", float_to_int16(take), SR, subtype="PCM_16")
-        db.execute("INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (take_id, 200.0 + i, f"take {i}", None, None, json.dumps({"t": i}), i, "{}", 0.2, "[]"))
-    (root / EXPORTS_DIR / "hist_0000000000000001").mkdir(parents=True)
-    (root / EXPORTS_DIR / "hist_0000000000000001" / "x.mp3").write_bytes(b"z" * 777)
-    db.commit()
-    db.close()
-    return {"clips": clips, "takes": takes}
-
-
-def test_migration_from_v0(tmp_path: Path) -> None:
-    old = make_v0_store(tmp_path)
-    store = Store(tmp_path)
-    voices = store.list_voices("shared")
-    assert [(v.id, v.name, v.owner) for v in sorted(voices, key=lambda v: v.id)] == [
-        ("voice_000000000000000a", "Straße", "shared"), ("voice_000000000000000b", "STRASSE (2)", "shared"),
-        ("voice_000000000000000c", "Eve", "shared")]  # the NFKC/casefold collision renamed, not dropped
-    for i, (voice_id, clip) in enumerate(old["clips"].items()):
-        voice = store.get_voice("shared", voice_id)
-        assert voice is not None
-        assert voice.audio_sha256 == audio_sha256(clip) and voice.transcript == f"said {i}"
-        shared_codes = codes(seed=max(i, 1))  # a and b share one codes row: the last one written (b's)
-        np.testing.assert_array_equal(store.voice_codes("shared", voice_id), shared_codes)
-        stored, rate = sf.read(store.voice_audio_path("shared", voice_id), dtype="float32")
-        assert rate == SR and np.abs(stored - clip).max() <= 2.0 ** -24  # 24-bit: far below hearing
-    for i, (take_id, take) in enumerate(old["takes"].items()):
-        entry = store.get_history("shared", take_id)
-        assert entry is not None
-        assert entry.text == f"take {i}" and entry.params == {"t": i} and entry.owner == "shared"
-        np.testing.assert_array_equal(sf.read(store.history_audio_path("shared", take_id), dtype="int16")[0],
-                                      float_to_int16(take))
-    assert sorted(p.name for p in tmp_path.glob("*/*.wav")) == []
-    assert len(list(store.voices_dir.iterdir())) == 2  # the shared clip once
-    assert store.disk_bytes() == files_bytes(store)
-    assert sqlite3.connect(tmp_path / DB_FILE).execute("PRAGMA user_version").fetchone()[0] == 2
-
-
-def test_migration_is_idempotent_and_survives_a_crash_before_commit(tmp_path: Path) -> None:
-    make_v0_store(tmp_path)
-    # A migration that converted a file and died before its transaction: FLAC beside WAV, rows still v0.
-    wav = tmp_path / "history" / "hist_0000000000000000.wav"
-    sf.write(tmp_path / "history" / "hist_0000000000000000.flac", sf.read(wav, dtype="int16")[0], SR,
-             subtype="PCM_16", format="FLAC")
-    first = Store(tmp_path)
-    snapshot = (first.list_voices("shared"), first.list_history("shared"), first.disk_bytes())
-    second = Store(tmp_path)
-    assert (second.list_voices("shared"), second.list_history("shared"), second.disk_bytes()) == snapshot
-    assert len(snapshot[0]) == 3 and len(snapshot[1]) == 2 and snapshot[2] == files_bytes(second)
-
-
-def test_check_name_is_exported() -> None:
-    assert check_name("  Zoë ") == "Zoë"
-
-
-def test_open_sweeps_files_no_row_names(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    take = add_take(store)
-    voice = store.add_voice(A, "a", noise_clip(), "t", codes())
-    kept = files_bytes(store)
-    orphans = [store.voices_dir / f"{'0' * 64}.flac", store.history_dir / "hist_0000000000000000.flac",
-               store.history_dir / ".hist_x.flac.1234.tmp", store.exports_root / "hist_0000000000000000" / "a.wav"]
-    for path in orphans:  # what a crash between a file write and its row leaves behind
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"o" * 10)
-    (store.exports_dir(A, take) / "never-tracked.mp3").write_bytes(b"e" * 300)
-    reopened = Store(tmp_path)
-    assert not any(p.exists() for p in orphans) and files_bytes(reopened) == kept + 300 == reopened.disk_bytes()
-    assert reopened.get_history(A, take) is not None and reopened.voice_audio_path(A, voice.id).is_file()

@@ -1,6 +1,7 @@
 """Store: each owner's voice library and take history, in SQLite plus compact audio files, on bounded disk.
 
-Layout under data_dir: `s2pro.sqlite3` (WAL) holds the rows (schema in store_schema.py);
+Layout under data_dir (folders, lock, disk cap and eviction: base.py; schema: schema.py): `s2pro.sqlite3`
+(WAL) holds the rows;
 `voices/<audio sha256>.flac` holds a clip (24-bit at its own rate, one file however many voices use it);
 `history/<take id>.flac` a take (16-bit); `exports/<take id>/` the files the web layer rendered from it.
 Codec codes live in the database, keyed by the SHA-256 of the clip's float32 samples at 44.1 kHz.
@@ -16,21 +17,17 @@ count change together); every call opens its own short-lived connection, so any 
 from __future__ import annotations
 
 import json
-import logging
 import secrets
-import shutil
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from engine import SAMPLE_RATE, DecodedClip
+from playground.store.base import DB_FILE, EXPORTS_DIR, StoreBase
 from playground.store.files import codes_array, codes_blob, name_key, quote, tree_bytes, write_clip, write_take
-from playground.store.schema import SHARED_OWNER, prepare
+from playground.store.schema import SHARED_OWNER
 from playground.store.types import (
     HISTORY_ID,
     MAX_NAME_CHARS,
@@ -49,10 +46,6 @@ from playground.store.types import (
     check_transcript,
 )
 
-log = logging.getLogger(__name__)
-
-DB_FILE = "s2pro.sqlite3"
-EXPORTS_DIR = "exports"
 __all__ = [
     "DB_FILE",
     "EXPORTS_DIR",
@@ -85,71 +78,8 @@ def _entry(row: sqlite3.Row) -> HistoryEntry:
                         row["duration_s"], json.loads(row["chunks"]))
 
 
-class Store:
-    def __init__(self, data_dir: Path, limits: StoreLimits = StoreLimits()) -> None:
-        self.data_dir = Path(data_dir)
-        self.limits = limits
-        self.voices_dir = self.data_dir / "voices"
-        self.history_dir = self.data_dir / "history"
-        self.exports_root = self.data_dir / EXPORTS_DIR
-        for d in (self.voices_dir, self.history_dir, self.exports_root):
-            d.mkdir(parents=True, exist_ok=True)
-        self.db_path = self.data_dir / DB_FILE
-        self._lock = threading.RLock()
-        with self._lock:
-            prepare(self.db_path, self.data_dir)
-            self._sweep_orphans()
-            with self._db() as db:  # the running count starts from the sizes the rows hold: no tree walk
-                clips = db.execute("SELECT COALESCE(SUM(num_bytes), 0) FROM clips").fetchone()[0]
-                takes = db.execute("SELECT COALESCE(SUM(audio_bytes + export_bytes), 0) FROM history").fetchone()[0]
-            self._disk_bytes = int(clips) + int(takes)
-            self._fit_disk(keep=None)  # the operator may have lowered max_disk_mb
-
-    def _sweep_orphans(self) -> None:
-        """Files no row names (a crash between a write and its row, temp files, exports of takes deleted
-        by older code) are removed once at open, and exports re-measured, so the running count that
-        starts from the rows is the bytes on disk."""
-        with self._db() as db:
-            clips = {r[0] for r in db.execute("SELECT audio_sha256 FROM clips")}
-            takes = {r[0] for r in db.execute("SELECT id FROM history")}
-        for path in self.voices_dir.iterdir():
-            if path.is_dir() or path.name.removesuffix(".flac") not in clips:
-                self._remove(path)
-        for path in self.history_dir.iterdir():
-            if path.is_dir() or path.name.removesuffix(".flac") not in takes:
-                self._remove(path)
-        exports = {}
-        for path in self.exports_root.iterdir():
-            if path.name not in takes:
-                self._remove(path)
-            else:  # re-measured once here, in case a render was never passed to track_exports
-                exports[path.name] = tree_bytes(path)
-        with self._db() as db:
-            db.execute("UPDATE history SET export_bytes = 0")
-            db.executemany("UPDATE history SET export_bytes = ? WHERE id = ?", [(n, i) for i, n in exports.items()])
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        log.info("store: removing %s, which no row names", path)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """A fresh connection per call: sqlite3 connections must not be shared across threads."""
-        db = sqlite3.connect(self.db_path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:  # commits on success, rolls back on error
-                yield db
-        finally:
-            db.close()
-
-    def disk_bytes(self) -> int:
-        """Bytes of the store's files (voice clips, takes, exports), kept as a running count."""
-        return self._disk_bytes
+class Store(StoreBase):
+    """Voices, the codes cache, takes and their exports, each owner seeing only its own."""
 
     # -- voices -------------------------------------------------------------------------------
     def add_voice(self, owner: str, name: str, clip: DecodedClip, transcript: str, codes: np.ndarray) -> Voice:
@@ -199,10 +129,6 @@ class Store:
             raise LibraryFull(f"the voice library is full ({self.limits.max_voices_per_owner} voices); "
                               "delete one first")
 
-    def _clip_path(self, sha: str) -> Path:
-        assert SHA256.fullmatch(sha), sha
-        return self.voices_dir / f"{sha}.flac"
-
     def list_voices(self, owner: str) -> list[Voice]:
         """The owner's voices, alphabetically by name (ignoring case)."""
         with self._db() as db:
@@ -246,18 +172,6 @@ class Store:
                 return False
             self._drop_voice(voice.id, voice.audio_sha256)
         return True
-
-    def _drop_voice(self, voice_id: str, sha: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM voices WHERE id = ?", (voice_id,))
-            last = db.execute("SELECT 1 FROM voices WHERE audio_sha256 = ?", (sha,)).fetchone() is None
-            clip = db.execute("SELECT num_bytes FROM clips WHERE audio_sha256 = ?", (sha,)).fetchone()
-            if last:  # a deleted voice leaves nothing of itself behind
-                db.execute("DELETE FROM clips WHERE audio_sha256 = ?", (sha,))
-                db.execute("DELETE FROM codes WHERE audio_sha256 = ?", (sha,))
-        if last and clip is not None:
-            self._clip_path(sha).unlink(missing_ok=True)
-            self._disk_bytes -= clip["num_bytes"]
 
     def voice_codes(self, owner: str, voice_id: str) -> np.ndarray:
         """The voice's codes [10, N] int64 (and marks it used); KeyError for an unknown or deleted id."""
@@ -326,10 +240,6 @@ class Store:
             self._fit_disk(keep=entry.id)
         return entry
 
-    def _take_path(self, entry_id: str) -> Path:
-        assert HISTORY_ID.fullmatch(entry_id), entry_id
-        return self.history_dir / f"{entry_id}.flac"
-
     def list_history(self, owner: str, limit: int = 100) -> list[HistoryEntry]:
         """The owner's newest `limit` takes, newest first."""
         with self._db() as db:
@@ -382,15 +292,6 @@ class Store:
             self._drop_take(entry.id)
         return True
 
-    def _drop_take(self, entry_id: str) -> None:
-        with self._db() as db:
-            row = db.execute("SELECT audio_bytes, export_bytes FROM history WHERE id = ?", (entry_id,)).fetchone()
-            db.execute("DELETE FROM history WHERE id = ?", (entry_id,))
-        if row is not None:
-            self._take_path(entry_id).unlink(missing_ok=True)
-            shutil.rmtree(self.exports_root / entry_id, ignore_errors=True)
-            self._disk_bytes -= row["audio_bytes"] + row["export_bytes"]
-
     # -- exports (rendered downloads, written by the web layer) -------------------------------
     def exports_dir(self, owner: str, entry_id: str) -> Path:
         """The folder for files rendered from this take (created); deleted with the take. KeyError if unknown."""
@@ -411,23 +312,3 @@ class Store:
             self._fit_disk(keep=entry.id)
         return num_bytes
 
-    # -- bounded disk -------------------------------------------------------------------------
-    def _fit_disk(self, keep: str | None) -> None:
-        """Beyond max_disk_mb: the oldest takes of any owner go first, then the least recently used
-        voices; `keep` (what the caller just wrote) stays, even if it alone is over the cap."""
-        while self._disk_bytes > self.limits.max_disk_bytes:
-            with self._db() as db:
-                take = db.execute("SELECT id FROM history WHERE id IS NOT ? ORDER BY created_at, rowid LIMIT 1",
-                                  (keep,)).fetchone()
-                voice = None if take else db.execute(
-                    "SELECT id, audio_sha256 FROM voices WHERE id IS NOT ? ORDER BY used_at, rowid LIMIT 1",
-                    (keep,)).fetchone()
-            if take is not None:
-                self._drop_take(take["id"])
-            elif voice is not None:
-                log.info("disk cap: evicting voice %s", voice["id"])
-                self._drop_voice(voice["id"], voice["audio_sha256"])
-            else:
-                log.warning("store holds %d bytes, over max_disk_mb=%d, in one item", self._disk_bytes,
-                            self.limits.max_disk_mb)
-                return
