@@ -10,6 +10,9 @@ no module or model looks at the device (or at Triton's interpreter) to pick a pa
     codec_decoder     fused: the codec kernels of vocoder/fused_decoder.py (CUDA, float32 codec)
                       module: the plain torch codec modules, stepped stream by stream
     cuda_graphs       frames, prefill steps and vocoder pushes replayed from captured graphs
+    device_streams    CUDA streams and events: the vocoder decodes on a second stream, outputs are copied
+                      to pinned host memory and read when their event fires, the next frame is queued
+                      before the last one is read (run-ahead); otherwise every call completes in order
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class Backend:
     decode_attention: Literal["triton", "torch"] = "torch"
     codec_decoder: Literal["fused", "module"] = "module"
     cuda_graphs: bool = False
+    device_streams: bool = False
 
     @property
     def fused_ar(self) -> bool:
@@ -60,4 +64,4 @@ def resolve_backend(device: torch.device, fused_kernels: bool | None = None, com
         enable_pdl()
     return Backend(ar_frame, "triton" if cuda else "torch",
                    "fused" if cuda and fused_kernels is not False and not compile else "module",
-                   cuda_graphs and cuda)
+                   cuda_graphs and cuda, cuda)

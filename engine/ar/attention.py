@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from engine.models.layers import sdpa_gqa
+from torch.nn.attention.bias import causal_lower_right
 
 
 def write_kv(k_pool: Tensor, v_pool: Tensor, slot_mapping: Tensor, k: Tensor, v: Tensor) -> None:
@@ -56,17 +55,14 @@ def _segment_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, seg: PrefillSe
     total = seg.start + seg.num_tokens
     k = gather_seq(k_pool, seg.block_table, total)
     v = gather_seq(v_pool, seg.block_table, total)
-    if q.is_cuda:
-        # The same mask as a causal bias aligned to the last key: no mask tensor, fused kernels.
-        from torch.nn.attention.bias import causal_lower_right
-        groups = q.shape[1] // k.shape[1]
-        q4, k4, v4 = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(groups, dim=1),
-                                                         v.repeat_interleave(groups, dim=1)))
-        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=causal_lower_right(seg.num_tokens, total))
-        return out[0].transpose(0, 1)
-    q_pos = torch.arange(seg.start, total, device=q.device)[:, None]
-    mask = torch.arange(total, device=q.device)[None, :] <= q_pos
-    return sdpa_gqa(q, k, v, mask)
+    # Causal with the queries aligned to the last keys, as a bias rather than a mask tensor: SDPA then
+    # picks its fused kernels on a GPU (a boolean mask sent the CUDA prefill to fp32 math kernels), and
+    # on the CPU it gives the masked result bit for bit.
+    groups = q.shape[1] // k.shape[1]
+    q4, k4, v4 = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(groups, dim=1),
+                                                     v.repeat_interleave(groups, dim=1)))
+    out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=causal_lower_right(seg.num_tokens, total))
+    return out[0].transpose(0, 1)
 
 
 def paged_decode_reference(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_tables: Tensor,

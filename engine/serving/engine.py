@@ -88,14 +88,13 @@ class Engine:
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         self.loaded, self.cfg = loaded, cfg
         self.backend = resolve_backend(loaded.device, cfg.fused_kernels, cfg.compile, cfg.cuda_graphs)
-        cuda = loaded.device.type == "cuda"
         weights = device_bytes(loaded.device)
         # The vocoder before the KV pool, which is sized from the memory it leaves (memory_plan.py).
         # One row per decoding stream is enough (see vocoder/streams.py).
         self.streams = AudioStreams(loaded.codec, cfg.max_batch, cfg.vocoder_group_frames,
                                     cfg.overlap_vocoder, fused=self.backend.fused_codec,
-                                    push_rows=cfg.vocoder_push_rows)
-        if cuda:
+                                    push_rows=cfg.vocoder_push_rows, device_streams=self.backend.device_streams)
+        if self.backend.cuda_graphs:
             self.streams.warm_up()
         vocoder = device_bytes(loaded.device) - weights
         num_blocks = cfg.num_blocks or kv_blocks(loaded, cfg.block_size, cfg.gpu_memory_fraction, cfg.cpu_kv_mb)
@@ -110,12 +109,12 @@ class Engine:
         one_block = block_bytes(loaded.config, loaded.dtype, cfg.block_size)
         self.memory = MemoryPlan(weights, vocoder, device_bytes(loaded.device) - before_graphs, num_blocks,
                                  one_block, cfg.block_size, cfg.max_batch)
-        if cuda:
+        if self.backend.device_streams:
             log.info(self.memory.describe())
-        self.run_ahead = loaded.device.type == "cuda" if cfg.run_ahead is None else cfg.run_ahead
+        self.run_ahead = self.backend.device_streams if cfg.run_ahead is None else cfg.run_ahead
         self.inflight: _Launched | None = None  # run-ahead: the frame queued last step, not yet read
         self._host_out: list[Tensor] = []  # pinned buffers the frame outputs are copied to (CUDA)
-        if loaded.device.type == "cuda":
+        if self.backend.device_streams:
             self._host_out = [torch.empty((cfg.max_batch, loaded.config.num_codebooks + 1), dtype=torch.long,
                                           pin_memory=True) for _ in range(2)]
         self._launches = 0

@@ -57,9 +57,10 @@ class _Decoded:
 
 class AudioStreams:
     def __init__(self, codec: Codec, max_rows: int, group_frames: int, overlap: bool = True,
-                 fused: bool = False, push_rows: int | None = None) -> None:
+                 fused: bool = False, push_rows: int | None = None, device_streams: bool = False) -> None:
         """fused: decode with the codec kernels of fused_decoder.py (the backend decides; float32 codec).
-        push_rows: streams decoded in one call at most (default max_rows)."""
+        push_rows: streams decoded in one call at most (default max_rows). device_streams (the backend's,
+        CUDA): pushes padded to graph shapes, on a second stream when `overlap`, read back asynchronously."""
         # One extra row is scratch: batches are padded to a few sizes with it, so the codec sees a
         # handful of shapes (each new conv shape costs a slow first call on the GPU).
         self.vocoder = RowVocoder(codec, max_rows + 1, fused)
@@ -68,16 +69,16 @@ class AudioStreams:
         self.push_rows = min(max_rows, push_rows or max_rows)
         self.buckets = [b for b in (1, 2, 4, 8, 16, 32, 64, 128) if b < self.push_rows] + [self.push_rows]
         self.device = next(codec.parameters()).device
-        cuda = self.device.type == "cuda"
+        self.device_streams = device_streams
         # High priority: a stream's first audio must not queue behind the next AR frame's kernels.
-        self.side = torch.cuda.Stream(self.device, priority=-1) if cuda and overlap else None
-        self.pad = cuda
+        self.side = torch.cuda.Stream(self.device, priority=-1) if device_streams and overlap else None
+        self.pad = device_streams
         self.group_frames = group_frames
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.streams: dict[int, _Stream] = {}
         self.graphs: dict[tuple[int, int], tuple] = {}  # (rows, frames) -> graph, inputs, output
         self.decoded: deque[_Decoded] = deque()  # pushes whose PCM has not been handed out yet
-        self.graph_pool = torch.cuda.graph_pool_handle() if cuda else None
+        self.graph_pool = torch.cuda.graph_pool_handle() if device_streams else None
 
     def warm_up(self) -> None:
         """CUDA: capture a graph of every (rows, frames) shape the streams will use, on the scratch
@@ -193,7 +194,7 @@ class AudioStreams:
             s.pending.clear()
             s.pushes += 1
         pcm = pcm[:len(streams)].float()  # [B, n * 2048]
-        if pcm.device.type != "cuda":
+        if not self.device_streams:
             return _Decoded(rids, pcm)
         # The graph's output buffer is reused by its next replay: copy out now, read when done.
         host = torch.empty(pcm.shape, dtype=pcm.dtype, pin_memory=True)
