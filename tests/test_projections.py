@@ -11,6 +11,14 @@ from engine.kernels import transformer as kernels
 from tests.test_kernels import DEV, DTYPES, tol
 
 
+def _tol(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) of the projections: tighter than tests/test_kernels.py's in float32, the same in bfloat16."""
+    if dtype == torch.float32:
+        return 1e-4, 1e-4
+    t = tol(dtype)
+    return t["atol"], t["rtol"]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k", [(300, 1024), (37, 4096), (70, 1536)])
 def test_gemv_matches_linear(dtype, n, k) -> None:
@@ -19,8 +27,9 @@ def test_gemv_matches_linear(dtype, n, k) -> None:
     x = torch.randn(1, k, generator=g).to(DEV, dtype)
     w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
     assert projections.gemv_tiles(n, k) is not None
+    atol, rtol = _tol(dtype)
     torch.testing.assert_close(projections.linear(x, w).float(), F.linear(x, w).float(),
-                               **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
+                               atol=atol, rtol=rtol)
     assert projections.gemv_tiles(n, 1000) is None  # K that does not tile goes to F.linear
     x2 = torch.randn(1, 1000, generator=g).to(DEV, dtype)
     w2 = torch.randn(n, 1000, generator=g).to(DEV, dtype)
@@ -45,8 +54,9 @@ def test_swiglu_epilogue_equals_gate_after_product(dtype, rows, n, k) -> None:
     # product summed in another order may round a gate one unit apart, which silu(g) * u magnifies.
     gate, up = (F.linear(x, w[0::2]), F.linear(x, w[1::2])) if dtype == torch.float32 else (product[:, 0::2],
                                                                                               product[:, 1::2])
+    atol, rtol = _tol(dtype)
     torch.testing.assert_close(got.float(), (F.silu(gate) * up).float(),
-                               **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
+                               atol=atol, rtol=rtol)
 
 
 def test_fuse_gate_up_interleaves_rows_in_place() -> None:
@@ -78,6 +88,7 @@ def test_gemm_rows_matches_linear(dtype, rows, n, k) -> None:
     w = (torch.randn(n, k, generator=g) * 0.05).to(DEV, dtype)
     got = projections.gemm_rows(x, w)
     assert got is not None
+    atol, rtol = _tol(dtype)
     torch.testing.assert_close(got.float(), F.linear(x, w).float(),
-                               **({"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else tol(dtype)))
+                               atol=atol, rtol=rtol)
     assert projections.gemm_rows(x[:, :200].contiguous(), w[:, :200].contiguous()) is None  # K does not tile

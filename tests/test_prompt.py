@@ -302,7 +302,11 @@ def test_split_dialogue_round_trips_with_carried_tags() -> None:
     text = "".join(f"<|speaker:{speaker}|>{turn}" for speaker, turn in turns)
     chunks = split_text(text, 120)
     assert all(len(chunk) <= 120 for chunk in chunks)
-    speakers = [int(re.match(r"<\|speaker:(\d+)\|>", chunk).group(1)) for chunk in chunks]
+    speakers = []
+    for chunk in chunks:
+        head = re.match(r"<\|speaker:(\d+)\|>", chunk)
+        assert head is not None, chunk
+        speakers.append(int(head.group(1)))
     # Each chunk belongs to one turn: its speaker sequence is the turns' sequence with repeats.
     assert [s for i, s in enumerate(speakers) if i == 0 or s != speakers[i - 1]] == [0, 1, 0, 1, 0, 1]
     contents = [re.sub(r"^<\|speaker:\d+\|>", "", chunk) for chunk in chunks]

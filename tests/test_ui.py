@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import cast
 
 import httpx
 import numpy as np
@@ -26,6 +27,7 @@ from engine.serving.async_engine import AsyncEngine
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig
 from engine.serving.request import ChunkDone
+from playground.state import AppState
 from playground.ui.output import OutputOptions
 from playground.ui.take import GenSettings, chunk_bounds, collect, regenerate_chunk, splice
 from playground.ui.text import load_examples
@@ -195,7 +197,9 @@ def test_microphone_clip_becomes_a_voice_and_clones(ui: Playground, server: Serv
     options = page.locator("[role=option]").all_inner_texts()
     assert any(o.startswith("Mic voice") for o in options) and not any(o.startswith("API voice") for o in options)
     assert ui.history_rows()[0][3] == "Mic voice"
-    other = Playground(ui.context.browser, server.url + "/")
+    browser = ui.context.browser
+    assert browser is not None
+    other = Playground(browser, server.url + "/")
     try:
         other.page.click("#s2-voice-choice input")
         assert not any(o.startswith("Mic voice") for o in other.page.locator("[role=option]").all_inner_texts())
@@ -299,7 +303,7 @@ def test_output_options_change_the_clip() -> None:
 
 def test_multi_chunk_take_regenerates_one_chunk_in_place(talkative_model: LoadedModel) -> None:
     engine = AsyncEngine(Engine(talkative_model, EngineConfig(num_blocks=256, block_size=16, max_batch=2)))
-    state = SimpleNamespace(engine=engine)
+    state = cast(AppState, SimpleNamespace(engine=engine))  # a stand-in: the take functions use only its engine
     text = "The first sentence is here. A second one follows it now. The third and last one ends it."
     settings = GenSettings(text, 0.8, 0.8, 30, True, seed=3, max_frames=400, chunk_length=50)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
-from playwright.sync_api import Browser, Page, Playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright
 
 from tests.tools import tool
 
@@ -44,9 +44,13 @@ class Playground:
         self.context.grant_permissions(["microphone"])
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
-        self.page.on("console", lambda m: m.type == "error" and self._error(m.text))
+        self.page.on("console", self._console)
         self.page.on("pageerror", lambda e: self._error(str(e)))
         self.open()
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self._error(message.text)
 
     def _error(self, text: str) -> None:
         # Gradio's client aborts a request that a newer event supersedes (seen under heavy CPU load when
@@ -84,10 +88,14 @@ class Playground:
     def wait_figures(self, *states: str, timeout: float = 60.0) -> str:
         selector = ", ".join(f"#s2-figures .s2-figures[data-state={s}]" for s in states)
         self.page.wait_for_selector(selector, timeout=timeout * 1000)
-        return self.figures_state()
+        state = self.figures_state()
+        assert state is not None  # the selector it waited for has the attribute
+        return state
 
     def frames(self) -> int:
-        return int(self.page.get_attribute("#s2-figures .s2-figures", "data-frames"))
+        frames = self.page.get_attribute("#s2-figures .s2-figures", "data-frames")
+        assert frames is not None
+        return int(frames)
 
     def player(self) -> dict:
         return self.page.evaluate("""() => { const p = window.s2Player; return {
@@ -99,7 +107,9 @@ class Playground:
     def audio_url(self, elem_id: str = "s2-result") -> str:
         link = self.page.locator(f"#{elem_id} a[data-testid=download-link]")
         link.wait_for(timeout=30_000)
-        return link.get_attribute("href")
+        href = link.get_attribute("href")
+        assert href is not None
+        return href
 
     def audio(self, elem_id: str = "s2-result") -> np.ndarray:
         """The clip shown in a gr.Audio, fetched through its URL and decoded."""
