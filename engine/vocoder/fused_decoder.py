@@ -21,6 +21,7 @@ TRITON_INTERPRET=1).
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import triton
@@ -37,7 +38,8 @@ from engine.kernels.codec import (
     snake_channels,
 )
 from engine.kernels.launch import INTERPRET
-from engine.models.codec import Decoder
+from engine.models.codec import Decoder, DecoderBlock, ResidualUnit
+from engine.models.codec_layers import Snake1d
 
 
 @triton.jit
@@ -155,7 +157,8 @@ def launch_unit(dilated: ConvPlan, pointwise: ConvPlan, buf: Tensor, residual: T
         rows, length, dilated.context, channels, buf.stride(0), dilated.dilation, next_context,
         nxt.stride(0) if nxt is not None else 0, PART_A=part_a, PART_B=part_b, PART_B_PAD=max(16, part_b),
         BLOCK_R=block_r, BLOCK_CI=block_ci, STORE_Y=y is not None, OUT_SNAKE=out_alpha is not None,
-        NEXT=nxt is not None, PRECISION="ieee" if INTERPRET else "tf32", num_warps=warps, num_stages=stages)
+        NEXT=nxt is not None, PRECISION="ieee" if INTERPRET else "tf32",
+        num_warps=warps, num_stages=stages)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
 
 
 class FusedDecoder:
@@ -176,17 +179,18 @@ class FusedDecoder:
             raise ValueError(f"the codec convs take float16 or float32 operands, not {operands}")
         plan = functools.partial(plan_conv, operands=operands)
         layers = list(decoder.model)
-        blocks = [block.block for block in layers[1:-3]]
-        self.first = plan(layers[0], None, out_snake=blocks[0][0])
+        blocks = [cast(DecoderBlock, block).block for block in layers[1:-3]]  # Snake, up conv, units
+        self.first = plan(layers[0], None, out_snake=cast(Snake1d, blocks[0][0]))
         self.blocks: list[tuple[ConvPlan, list[tuple[ConvPlan, ConvPlan]]]] = []
         for i, (_, up, *units) in enumerate(blocks):
             plans = []
-            for j, u in enumerate(units):
+            for j, u in enumerate(cast("list[ResidualUnit]", units)):
                 feeds_up = j == len(units) - 1 and i + 1 < len(blocks)
-                plans.append((plan(u.block[1], u.block[0], snake_first=True, out_snake=u.block[2]),
-                              plan(u.block[3], None, out_snake=blocks[i + 1][0] if feeds_up else None)))
+                snake, out_snake = cast(Snake1d, u.block[0]), cast(Snake1d, u.block[2])
+                plans.append((plan(u.block[1], snake, snake_first=True, out_snake=out_snake),
+                              plan(u.block[3], None, out_snake=cast(Snake1d, blocks[i + 1][0]) if feeds_up else None)))
             self.blocks.append((plan(up, None), plans))
-        self.last = plan(layers[-2], layers[-3], snake_first=True, tanh=True)
+        self.last = plan(layers[-2], cast(Snake1d, layers[-3]), snake_first=True, tanh=True)
         self.fused_units = fused_units
         counters(self.first.weight.device)
 
@@ -205,6 +209,7 @@ class FusedDecoder:
                     h = self.conv(pointwise, self.conv(dilated, h, contexts), contexts, residual=h)
                     continue
                 following = units[j + 1][0] if j + 1 < len(units) else after_units
+                assert h is not None  # None only after the decoder's last unit, which ends the loop
                 h, buf = self.unit(dilated, pointwise, h, buf, contexts, following)
         return self.conv(self.last, h, contexts, buffer=buf)[..., 0]
 
@@ -215,6 +220,7 @@ class FusedDecoder:
         batch, length, channels = h.shape
         operands = dilated.weight.dtype
         if buf is None:
+            assert dilated.alpha is not None  # a snake-first conv
             buf = snake_after_context(h, contexts[dilated.module], dilated.alpha, dilated.context, operands)
         else:
             self._fill_context(dilated, buf, contexts)
@@ -250,12 +256,14 @@ class FusedDecoder:
         if buffer is not None:
             self._fill_context(plan, buffer, contexts)
         elif plan.snake_first:  # [context; snake(x)] once, read by the conv as one contiguous input
+            assert x is not None and plan.alpha is not None  # x: no buffer; alpha: snake-first
             ctx = contexts.get(plan.module)
             buffer = snake_after_context(x, x if ctx is None else ctx, plan.alpha, plan.context, plan.weight.dtype)
         if buffer is not None:
             batch, length = buffer.shape[0], buffer.shape[1] - plan.context
             x, ctx, alpha, one_source = buffer[:, plan.context:], buffer, None, True
         else:
+            assert x is not None  # only a conv given `buffer` may get None
             batch, length = x.shape[:2]
             ctx = contexts.get(plan.module)
             if ctx is None or plan.context == 0:

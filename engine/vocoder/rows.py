@@ -29,6 +29,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,14 @@ from engine.kernels.fused_stack import fuse_gate_up
 from engine.kernels.transformer import add_rmsnorm, silu_mul
 from engine.kernels.window_attention import window_attention
 from engine.models.codec import Codec
-from engine.models.codec_layers import WindowedTransformer, rope_cos_sin, window_mask
+from engine.models.codec_layers import (
+    CausalConv1d,
+    CausalConvTranspose1d,
+    TransformerLayer,
+    WindowedTransformer,
+    rope_cos_sin,
+    window_mask,
+)
 from engine.vocoder.fused_decoder import FusedDecoder
 from engine.vocoder.stream_decode import STATEFUL, context_shape, decode_modules, stream_decode, stream_through
 
@@ -63,9 +71,9 @@ class StateSlice:
 
 def _row_state_shape(module: nn.Module) -> tuple[int, ...]:
     if isinstance(module, WindowedTransformer):
-        n_head = module.layers[0].attention.n_head
+        n_head = cast(TransformerLayer, module.layers[0]).attention.n_head
         return (len(module.layers), 2, n_head, module.window - 1, module.head_dim)  # (layer, k|v, …)
-    return context_shape(module)
+    return context_shape(cast("CausalConv1d | CausalConvTranspose1d", module))
 
 
 def state_layout(codec: Codec) -> dict[nn.Module, StateSlice]:
@@ -115,10 +123,11 @@ def fused_window_step(module: WindowedTransformer, x: Tensor, state: Tensor, whe
     batch, _, num_new = x.shape
     h = x.transpose(1, 2).reshape(batch * num_new, -1)  # [B·n, C], the residual stream
     rope = _row_rope(module, pos, num_new)
-    heads, dim = module.layers[0].attention.n_head, module.head_dim
+    heads, dim = cast(TransformerLayer, module.layers[0]).attention.n_head, module.head_dim
     per_layer = where.numel // len(module.layers)  # the layout's (layer, k|v, H, window-1, D)
     delta = scale = None
     for i, (layer, w13) in enumerate(zip(module.layers, gate_up)):
+        layer = cast(TransformerLayer, layer)
         attention, norm = layer.attention, layer.attention_norm
         h, n = add_rmsnorm(h, delta, norm.weight, norm.eps, scale)
         qkv = F.linear(n, attention.wqkv.weight).view(batch, num_new, 3, heads, dim)
@@ -160,7 +169,7 @@ class RowVocoder:
         self.codec, self.max_rows = codec, max_rows
         self.layout = state_layout(codec)
         row_numel = sum(s.numel for s in self.layout.values())
-        device = codec.decoder.model[0].conv.weight.device
+        device = cast(CausalConv1d, codec.decoder.model[0]).conv.weight.device
         if fused and codec.dtype != torch.float32:
             raise ValueError("the fused codec decoder runs in float32")
         # Its convs keep their context as [L, C_in] (channels-last) in the same slices.
@@ -217,7 +226,7 @@ class RowVocoder:
         state = where.view(states, self.gathered_from)
         if isinstance(module, WindowedTransformer):
             return window_step(module, x, state, pos)
-        y, context = module.step(x, state)
+        y, context = cast("CausalConv1d | CausalConvTranspose1d", module).step(x, state)
         state.copy_(context)
         return y
 
