@@ -9,15 +9,16 @@ is unchanged.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from engine.config import TransformerConfig
 from engine.kernels import linear, transformer
-from engine.models.layers import RMSNorm
+from engine.models.layers import Block, FeedForward, RMSNorm
 
 
 @dataclass
@@ -36,7 +37,7 @@ def fuse_gate_up(block: nn.Module) -> Tensor:
     """Re-point w1/w3 of a FeedForward into one [2F, dim] tensor whose rows alternate w1, w3 (row 2i is
     w1's row i, row 2i+1 is w3's) and return it: each tile of it holds matching gate and up rows, so
     the projection's epilogue applies the SwiGLU gate. w1/w3 become strided views (no extra memory)."""
-    ff = block.feed_forward
+    ff = cast(FeedForward, block.feed_forward)  # the ARs' and the codec's SwiGLU
     w1, w3 = ff.w1.weight, ff.w3.weight
     hidden, dim = w1.shape
     same = w1.data.untyped_storage().data_ptr() == w3.data.untyped_storage().data_ptr()
@@ -55,8 +56,8 @@ class FusedStack:
         self.cfg = cfg
         self.final_norm = norm.weight
         self.rope = torch.view_as_real(rope).contiguous()  # [P, D/2, 2] float32 cos/sin
-        self.layers = []
-        for block in layers:
+        self.layers: list[_Layer] = []
+        for block in cast(Iterable[Block], layers):
             att = block.attention
             self.layers.append(_Layer(
                 block.attention_norm.weight, att.wqkv.weight,
@@ -79,8 +80,10 @@ class FusedStack:
                 a = transformer.rope_write_attend(qkv, self.rope, positions, slots, k_pools[i], v_pools[i], c.n_head,
                                               c.n_local_heads, window)
             else:
-                a = attend(i, transformer.qk_rope_write(qkv, layer.q_norm, layer.k_norm, eps, self.rope, positions,
-                                                    slots, k_pools[i], v_pools[i], c.n_head, c.n_local_heads))
+                q = transformer.qk_rope_write(qkv, layer.q_norm, layer.k_norm, eps, self.rope, positions, slots,
+                                              k_pools[i], v_pools[i], c.n_head, c.n_local_heads)
+                assert attend is not None, "attend is required without a window"
+                a = attend(i, q)
             delta = linear.linear(a.flatten(1), layer.wo)
             h, n = transformer.add_rmsnorm(h, delta, layer.ffn_norm, eps)
             delta = linear.linear(linear.linear(n, layer.w13, swiglu=True), layer.w2)

@@ -63,7 +63,8 @@ def add_rmsnorm(x: Tensor, delta: Tensor | None, weight: Tensor, eps: float,
         _add_rmsnorm_kernel[(n,)](x, x if delta is None else delta, weight if scale is None else scale, h, out,
                                   weight, dim, eps, HAS_DELTA=delta is not None, HAS_SCALE=scale is not None,
                                   BLOCK=triton.next_power_of_2(dim), **(NO_FMA if scale is not None else {}),
-                                  num_warps=8 if dim >= 2048 else 4, **LAUNCH)
+                                  num_warps=8 if dim >= 2048 else 4,  # pyright: ignore[reportCallIssue]
+                                  **LAUNCH)
     return h, out
 
 
@@ -127,7 +128,8 @@ def qk_rope_write(qkv: Tensor, q_norm: Tensor | None, k_norm: Tensor | None, eps
         norm = q_norm is not None
         _qk_rope_write_kernel[(n, n_head + n_kv)](
             qkv, q_norm if norm else qkv, k_norm if norm else qkv, rope, positions, slots, q, k_pool, v_pool,
-            eps, n_head, n_kv, QK_NORM=norm, HALF=dim // 2, num_warps=1 if dim <= 64 else 2, **LAUNCH)
+            eps, n_head, n_kv, QK_NORM=norm, HALF=dim // 2,
+            num_warps=1 if dim <= 64 else 2, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch option
     return q
 
 
@@ -173,8 +175,10 @@ def _rope_write_attend_kernel(qkv_ptr, rope_ptr, pos_ptr, slot_ptr, k_pool, v_po
     logits = (tl.sum(q_re[:, None, :] * k_even[None, :, :], axis=2)
               + tl.sum(q_im[:, None, :] * k_odd[None, :, :], axis=2))
     logits = tl.where((t <= pos)[None, :], logits * scale, float("-inf"))  # [GROUPS, WINDOW]
-    p = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-    out = tl.sum(p[:, :, None] * v[None, :, :], axis=1) / tl.sum(p, axis=1)[:, None]
+    # Triton's stubs type tl.max and tl.sum results as non-tensors
+    p = tl.exp(logits - tl.max(logits, axis=1)[:, None])  # pyright: ignore[reportCallIssue, reportArgumentType]
+    out = (tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+           / tl.sum(p, axis=1)[:, None])  # pyright: ignore[reportArgumentType]
     tl.store(out_ptr + (row * n_head + heads)[:, None] * dim + d[None, :], out.to(dt))
 
 
@@ -191,7 +195,7 @@ def rope_write_attend(qkv: Tensor, rope: Tensor, positions: Tensor, slots: Tenso
     if n:
         _rope_write_attend_kernel[(n, n_kv)](qkv, rope, positions, slots, k_pool, v_pool, out, dim ** -0.5,
                                              n_head, n_kv, GROUPS=n_head // n_kv, HALF=dim // 2, WINDOW=window,
-                                             num_warps=4, **LAUNCH)
+                                             num_warps=4, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch option
     return out
 
 
@@ -223,7 +227,8 @@ def silu_mul(gu: Tensor) -> Tensor:
     out = torch.empty((n, hidden), dtype=gu.dtype, device=gu.device)
     block = min(1024, triton.next_power_of_2(hidden))
     if n:
-        _silu_mul_kernel[(n, triton.cdiv(hidden, block))](gu, out, hidden, BLOCK=block, num_warps=4, **LAUNCH)
+        _silu_mul_kernel[(n, triton.cdiv(hidden, block))](
+            gu, out, hidden, BLOCK=block, num_warps=4, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch option
     return out
 
 
@@ -240,7 +245,7 @@ def _frame_embed_kernel(grid_ptr, grid_stride, tok_emb, cb_emb, out_ptr, dim, sc
     token = tl.where(is_audio, col + sem_start, eos_id)
     x = tl.load(tok_emb + token * dim + cols, mask=mask, other=0.0)
     acc = tl.zeros((BLOCK,), tl.float32)
-    for k in tl.static_range(NUM_CODEBOOKS):
+    for k in tl.static_range(NUM_CODEBOOKS):  # pyright: ignore[reportGeneralTypeIssues]  # static_range stub
         code = tl.load(grid_ptr + row * grid_stride + 1 + k)
         acc += tl.load(cb_emb + (k * codebook_size + code) * dim + cols, mask=mask,
                        other=0.0).to(tl.float32)
@@ -259,7 +264,7 @@ def frame_embed(frame: Tensor, tok_emb: Tensor, cb_emb: Tensor, sem_start: int, 
     block = min(1024, triton.next_power_of_2(dim))
     _frame_embed_kernel[(batch, triton.cdiv(dim, block))](
         frame, frame.stride(0), tok_emb, cb_emb, out, dim, math.sqrt(cols), sem_start, codebook_size, eos_id,
-        NUM_CODEBOOKS=cols - 1, BLOCK=block, num_warps=4, **LAUNCH)
+        NUM_CODEBOOKS=cols - 1, BLOCK=block, num_warps=4, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch option
     return out
 
 
@@ -280,6 +285,7 @@ def embed_rows(ids: Tensor, weight: Tensor) -> Tensor:
     out = torch.empty((batch, dim), dtype=weight.dtype, device=weight.device)
     block = min(1024, triton.next_power_of_2(dim))
     if batch:
-        _embed_rows_kernel[(batch, triton.cdiv(dim, block))](ids, ids.stride(0), weight, out, dim, BLOCK=block,
-                                                             num_warps=4, **LAUNCH)
+        _embed_rows_kernel[(batch, triton.cdiv(dim, block))](
+            ids, ids.stride(0), weight, out, dim, BLOCK=block,
+            num_warps=4, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch option
     return out
