@@ -22,10 +22,24 @@ from typing import Literal
 
 import torch
 
-from engine.kernels.launch import enable_pdl
+from engine.kernels.launch import enable_pdl, set_shared_memory
 
 ArFrame = Literal["fused", "module", "compiled"]
 PDL_MIN_CAPABILITY = 9  # programmatic dependent launch exists from Hopper on
+MIN_CAPABILITY = (8, 0)  # bf16 tensor cores, and the kernels' shared memory (tests/test_gpu_targets.py)
+
+
+class UnsupportedDevice(RuntimeError):
+    """The GPU is older than the engine supports."""
+
+
+def require_capability(name: str, capability: tuple[int, int]) -> None:
+    """Refuse a GPU below compute capability 8.0, naming it and what is needed."""
+    if capability < MIN_CAPABILITY:
+        raise UnsupportedDevice(
+            f"{name} (compute capability {capability[0]}.{capability[1]}) is not supported: the engine needs an "
+            f"NVIDIA GPU of compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (A100, A10G, L4, "
+            "L40S, RTX 30xx and later) for bf16 and its kernels; on this machine run with --device cpu")
 
 
 @dataclass(frozen=True)
@@ -60,8 +74,11 @@ def resolve_backend(device: torch.device, fused_kernels: bool | None = None, com
         ar_frame = "fused"
     else:
         ar_frame = "module"
-    if cuda and not interpret and torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY:
-        enable_pdl()
+    if cuda and not interpret:
+        require_capability(torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
+        set_shared_memory(torch.cuda.get_device_properties(device).shared_memory_per_block_optin)
+        if torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY:
+            enable_pdl()
     return Backend(ar_frame, "triton" if cuda else "torch",
                    "fused" if cuda and fused_kernels is not False and not compile else "module",
                    cuda_graphs and cuda, cuda)

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
-from engine.kernels.launch import INTERPRET
+from engine.kernels.launch import INTERPRET, SHARED_MEMORY
 from engine.models.codec_layers import CausalConv1d, CausalConvTranspose1d, Snake1d
 
 
@@ -285,7 +285,10 @@ def conv_tiles(rows: int, cin: int, cout: int, taps: int, operand_bytes: int) ->
     tiles = triton.cdiv(rows, block_r) * triton.cdiv(cout, block_co)
     steps = taps * triton.cdiv(cin, block_ci)
     split = max(1, min(steps // 4, triton.cdiv(_MIN_PROGRAMS, tiles), 64)) if tiles < _MIN_PROGRAMS else 1
-    return ConvTiles(block_r, block_ci, block_co, split, warps, 3)
+    # 128 x 256 tiles in three stages take 112 KB of shared memory: two where a block gets less
+    # (sm_86, sm_89, sm_120 cards: 99 KB)
+    stages = 2 if block_r * block_co >= 128 * 256 and SHARED_MEMORY["per_block"] < 128 * 1024 else 3
+    return ConvTiles(block_r, block_ci, block_co, split, warps, stages)
 
 
 def launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, residual: Tensor | None,

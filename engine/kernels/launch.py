@@ -21,6 +21,16 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 LAUNCH: dict[str, bool] = {"PDL": False}
 
 
+# The device's shared memory per block (opt-in maximum), for kernels whose tiles differ by architecture:
+# 227 KB on Hopper, 163 KB on the A100 (sm_80), 99 KB on sm_86/sm_89/sm_120 cards (A10G, L4, L40S, RTX).
+# Set by the backend decision from the device; tests set it per target (tests/test_gpu_targets.py).
+SHARED_MEMORY: dict[str, int] = {"per_block": 227 * 1024}
+
+
+def set_shared_memory(per_block: int) -> None:
+    SHARED_MEMORY["per_block"] = per_block
+
+
 def enable_pdl() -> bool:
     """Launch with PDL from now on, when this Triton has it; True when enabled."""
     try:
