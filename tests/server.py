@@ -34,6 +34,8 @@ class Server:
         cmd = [sys.executable, str(ROOT / "app.py"), "--model-path", str(self.model_dir), "--device", "cpu",
                "--port", str(self.port), "--data-dir", str(self.data_dir), "--no-demo", *self.extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        for cache in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):  # the server's own: under its data dir
+            env.pop(cache, None)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log.open("ab"),
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

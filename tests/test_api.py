@@ -33,6 +33,9 @@ def test_health_and_models(api_server: Server) -> None:
     client = client_for(api_server)
     assert [m.id for m in client.models.list()] == ["s2-pro"]
     assert client.models.retrieve("s2-pro").owned_by == "fishaudio"
+    caches = api_server.data_dir / "cache"  # compile caches live with the data: a restart starts warm
+    assert (caches / "triton").is_dir() and (caches / "inductor").is_dir()
+    assert f"TRITON_CACHE_DIR={(caches / 'triton').resolve()}" in api_server.log.read_text()
 
 
 def test_openai_client_plain_wav(api_server: Server) -> None:
