@@ -31,6 +31,7 @@ class Settings:
     max_connections: int = 512  # open HTTP connections; beyond it new requests get 503
     max_waiting: int | None = None  # requests waiting for a decode slot (None: the engine's default)
     step_timeout_s: float | None = None  # watchdog: a step longer than this ends the process (None: default)
+    gpu_memory_gb: float | None = None  # device memory the process may use, weights included (None: all)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -40,6 +41,8 @@ class Settings:
         for name in ("max_upload_mb", "max_voices", "max_history", "max_disk_mb", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.gpu_memory_gb is not None and self.gpu_memory_gb < 1:
+            raise ValueError(f"gpu_memory_gb must be at least 1, got {self.gpu_memory_gb}")
         if self.max_upload_mb > MAX_UPLOAD_BYTES >> 20:
             raise ValueError(f"max_upload_mb can be at most {MAX_UPLOAD_BYTES >> 20} (the decoder's limit)")
 
@@ -72,12 +75,15 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
     p.add_argument("--step-timeout", type=float, default=_opt(env, "S2PRO_STEP_TIMEOUT", float),
                    help="seconds one engine step may take before the server reports itself unhealthy and "
                         "exits for its supervisor to restart it (default: 30 on a GPU, 600 on the CPU; 0: off)")
+    p.add_argument("--gpu-memory", type=float, default=_opt(env, "S2PRO_GPU_MEMORY", float),
+                   help="GiB of GPU memory the server may use, weights included: the KV cache is sized from it "
+                        "and the process held to it (reproduces a 16 or 24 GB card on a bigger one)")
     a = p.parse_args(argv)
     return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
                     data_dir=a.data_dir, api_key=a.api_key or None, max_batch=a.max_batch,
                     num_blocks=a.num_blocks, cuda_graphs=not a.eager, compile=a.compile,
                     demo_fallback=not a.no_demo, shared_library=a.shared_library, max_waiting=a.max_waiting,
-                    step_timeout_s=a.step_timeout,
+                    step_timeout_s=a.step_timeout, gpu_memory_gb=a.gpu_memory,
                     **{name: getattr(a, name) for name, _ in INT_FLAGS})
 
 

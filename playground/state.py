@@ -88,7 +88,8 @@ def create_state(settings: Settings) -> AppState:
         torch.set_num_threads(1)  # tiny ops: threads only add spin-wait on small machines
     cfg = EngineConfig(max_batch=settings.max_batch, num_blocks=settings.num_blocks,
                        cuda_graphs=settings.cuda_graphs, compile=settings.compile, max_waiting=settings.max_waiting,
-                       step_timeout_s=settings.step_timeout_s)
+                       step_timeout_s=settings.step_timeout_s,
+                       gpu_memory_bytes=None if settings.gpu_memory_gb is None else int(settings.gpu_memory_gb * 2**30))
     engine = AsyncEngine(Engine(loaded, cfg))
     limits = StoreLimits(max_voices_per_owner=settings.max_voices, max_history_per_owner=settings.max_history,
                          max_disk_mb=settings.max_disk_mb)

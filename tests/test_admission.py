@@ -6,7 +6,8 @@ import pytest
 
 from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
 from engine.serving.engine_config import EngineConfig
-from engine.serving.memory_plan import GIB, MemoryPlan, kv_blocks_for, streams_held
+from engine.serving.memory_plan import GIB, MemoryPlan, available_bytes, kv_blocks_for, streams_held
+from playground.settings import parse_settings
 
 
 def test_queue_rate_follows_departures() -> None:
@@ -51,3 +52,21 @@ def test_memory_plan_counts_streams_and_names_the_batch_that_fits() -> None:
     assert "fits" not in plan.describe()
     small = MemoryPlan(10 * GIB, 3 * GIB, GIB // 4, 800, one_block, 64, max_batch=256)
     assert small.largest_batch == 50 and "--max-batch 50 fits this card" in small.describe()
+
+
+def test_a_gpu_memory_cap_sizes_the_pool_from_what_the_cap_leaves() -> None:
+    """--gpu-memory: free memory is the cap less what is allocated (weights, vocoder), never more than
+    the card has free; a 24 GiB cap with ~12 GiB allocated leaves ~12 GiB, of which the pool gets its
+    share. Below 1 GiB the setting is refused (on the CPU the engine refuses it: test_engine_lifecycle.py)."""
+    free, reserved, allocated = 60 * GIB, 13 * GIB, 12 * GIB
+    assert available_bytes(free, reserved, allocated, None) == 61 * GIB
+    assert available_bytes(free, reserved, allocated, 24 * GIB) == 12 * GIB
+    assert available_bytes(2 * GIB, reserved, allocated, 24 * GIB) == 3 * GIB  # the card is the tighter bound
+    assert available_bytes(free, reserved, allocated, 10 * GIB) == 0
+    one_block = 9_437_184
+    assert kv_blocks_for(available_bytes(free, reserved, allocated, 24 * GIB), 0.8, one_block) == 978
+    with pytest.raises(ValueError, match="at least 1 GiB"):
+        EngineConfig(gpu_memory_bytes=GIB // 2)
+    assert parse_settings(["--gpu-memory", "24"]).gpu_memory_gb == 24.0
+    assert parse_settings([]).gpu_memory_gb is None
+

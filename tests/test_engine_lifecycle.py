@@ -184,3 +184,8 @@ def test_reference_audio_is_encoded_once_and_used(tiny_model: LoadedModel) -> No
     got = np.concatenate([e.codes for e in drain(engine)[rid] if e.codes is not None], axis=1)
     prompt = build_prompt(tiny_model.tokenizer, "Hi there.", [Reference("ref words", codes)])
     assert np.array_equal(got, generate(tiny_model.model, prompt, params, 5).numpy())
+
+
+def test_the_gpu_memory_cap_is_refused_on_the_cpu(tiny_model) -> None:
+    with pytest.raises(ValueError, match="caps a GPU's memory"):
+        Engine(tiny_model, EngineConfig(num_blocks=16, block_size=16, max_batch=2, gpu_memory_bytes=2 << 30))

@@ -26,7 +26,7 @@ from engine.prompt import Reference, build_prompt, dialogue_text, split_text
 from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
 from engine.serving.engine_config import EngineConfig
 from engine.serving.kv_cache import BlockManager
-from engine.serving.memory_plan import MemoryPlan, block_bytes, device_bytes, kv_blocks
+from engine.serving.memory_plan import MemoryPlan, block_bytes, cap_device_memory, device_bytes, kv_blocks
 from engine.serving.metrics import EngineMetrics, RequestTimes
 from engine.serving.request import ChunkDone, Sequence, Status, SynthesisRequest, new_request_id, now
 from engine.serving.scheduler import Scheduler
@@ -88,6 +88,10 @@ class Engine:
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         self.loaded, self.cfg = loaded, cfg
         self.backend = resolve_backend(loaded.device, cfg.fused_kernels, cfg.compile, cfg.cuda_graphs)
+        if cfg.gpu_memory_bytes is not None:
+            if loaded.device.type != "cuda":
+                raise ValueError("--gpu-memory caps a GPU's memory; this engine runs on the CPU")
+            cap_device_memory(loaded.device, cfg.gpu_memory_bytes)
         weights = device_bytes(loaded.device)
         # The vocoder before the KV pool, which is sized from the memory it leaves (memory_plan.py).
         # One row per decoding stream is enough (see vocoder/streams.py).
@@ -97,7 +101,8 @@ class Engine:
         if self.backend.cuda_graphs:
             self.streams.warm_up()
         vocoder = device_bytes(loaded.device) - weights
-        num_blocks = cfg.num_blocks or kv_blocks(loaded, cfg.block_size, cfg.gpu_memory_fraction, cfg.cpu_kv_mb)
+        num_blocks = cfg.num_blocks or kv_blocks(loaded, cfg.block_size, cfg.gpu_memory_fraction, cfg.cpu_kv_mb,
+                                                 cfg.gpu_memory_bytes)
         self.runner = ModelRunner(loaded.model, RunnerConfig(num_blocks, cfg.block_size, cfg.max_batch,
                                                              loaded.config.text.max_seq_len),
                                   self.backend)

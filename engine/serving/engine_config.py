@@ -13,6 +13,9 @@ class EngineConfig:
     # share of the GPU's free memory given to KV, measured after the weights and the vocoder (its
     # state rows and graphs) are on the device (memory_plan.py)
     gpu_memory_fraction: float = 0.80
+    # Bytes of device memory the whole process may use (weights included): the KV pool is planned from it
+    # and the allocator held to it, so a 16 or 24 GB card can be reproduced on a bigger one. None: all.
+    gpu_memory_bytes: int | None = None
     cpu_kv_mb: int = 1024
     max_batch: int = 32  # sequences decoded together in one frame
     prefill_budget: int = 2048  # prompt tokens computed per step (chunked prefill)
@@ -51,6 +54,8 @@ class EngineConfig:
             raise ValueError("burst_hold_tokens must be >= 0 (0: every sequence starts when its prompt is done)")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError("num_blocks must be positive")
+        if self.gpu_memory_bytes is not None and self.gpu_memory_bytes < 1 << 30:
+            raise ValueError("gpu_memory_bytes must be at least 1 GiB")
         if not 0.05 <= self.gpu_memory_fraction <= 0.98:
             raise ValueError("gpu_memory_fraction must be in [0.05, 0.98]")
         if not 1 <= self.vocoder_group_frames <= 16:  # CUDA captures a vocoder graph per group size

@@ -51,10 +51,30 @@ def device_bytes(device: torch.device) -> int:
     return torch.cuda.memory_reserved(device)
 
 
-def free_bytes(device: torch.device) -> int:
-    """Device memory free for new allocations: the driver's free memory plus what torch holds unused."""
+def available_bytes(driver_free: int, reserved: int, allocated: int, cap: int | None) -> int:
+    """Memory left for new allocations: the driver's free memory plus what torch holds unused, and
+    under a cap (`--gpu-memory`) at most the cap less what is allocated."""
+    available = driver_free + reserved - allocated
+    return available if cap is None else max(0, min(available, cap - allocated))
+
+
+def free_bytes(device: torch.device, cap: int | None = None) -> int:
+    """Device memory free for new allocations now (under `cap` bytes for the whole process)."""
     free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return available_bytes(free, torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device), cap)
+
+
+def cap_device_memory(device: torch.device, cap: int) -> None:
+    """Hold the process to `cap` bytes of the device (the caching allocator refuses beyond it), so a
+    smaller card can be reproduced on a bigger one. Refused when the weights alone exceed it."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    held = torch.cuda.memory_allocated(device)
+    if cap > total:
+        raise ValueError(f"--gpu-memory {cap / GIB:.1f} GB is more than this GPU has ({total / GIB:.1f} GiB)")
+    if held >= cap:
+        raise ValueError(f"the weights alone take {held / GIB:.1f} GiB: --gpu-memory {cap / GIB:.1f} GB leaves "
+                         "nothing for the KV cache")
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
 
 
 @dataclass(frozen=True)
@@ -88,10 +108,10 @@ class MemoryPlan:
         return text
 
 
-def kv_blocks(loaded: LoadedModel, block_size: int, fraction: float, cpu_kv_mb: int) -> int:
+def kv_blocks(loaded: LoadedModel, block_size: int, fraction: float, cpu_kv_mb: int, cap: int | None = None) -> int:
     """The pool's size when none is given: from the device memory free now (call it after the vocoder
-    is built), or `cpu_kv_mb` on the CPU."""
+    is built), under `cap` bytes for the process if given, or `cpu_kv_mb` on the CPU."""
     one = block_bytes(loaded.config, loaded.dtype, block_size)
     if loaded.device.type == "cuda":
-        return kv_blocks_for(free_bytes(loaded.device), fraction, one)
+        return kv_blocks_for(free_bytes(loaded.device, cap), fraction, one)
     return max(1, (cpu_kv_mb << 20) // one)
