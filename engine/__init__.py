@@ -31,7 +31,7 @@ from engine.params import (
 )
 from engine.prompt import dialogue_text, split_text
 from engine.serving.admission import EngineBusy, EngineUnhealthy
-from engine.serving.async_engine import AsyncEngine, AudioChunk
+from engine.serving.async_engine import AsyncEngine, StreamPiece
 from engine.serving.engine import Engine
 from engine.serving.engine_config import EngineConfig
 from engine.serving.metrics import EngineMetrics, Histogram
@@ -41,10 +41,10 @@ from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 __all__ = [
     "CONTENT_TYPES", "DEFAULT_CHUNK_LENGTH", "DEFAULT_MAX_FRAMES", "DEFAULT_MODEL_ID", "MAX_CHUNK_LENGTH",
     "MAX_FRAMES_LIMIT", "MAX_REFERENCE_SECONDS", "MAX_TEXT_CHARS", "MAX_UPLOAD_BYTES", "MIN_CHUNK_LENGTH",
-    "MIN_REFERENCE_SECONDS", "SAMPLE_RATE", "SEED_LIMIT", "AsyncEngine", "AudioChunk", "AudioError",
+    "MIN_REFERENCE_SECONDS", "SAMPLE_RATE", "SEED_LIMIT", "AsyncEngine", "AudioError",
     "CheckpointError", "ChunkDone", "DecodedClip", "DecoderBusyError", "Engine", "EngineBusy", "EngineConfig",
     "EngineMetrics", "EngineUnhealthy", "Histogram", "LoadedModel", "ReferenceInput", "RequestError",
-    "SamplingParams", "StreamEncoder", "SynthesisRequest", "check_text", "dialogue_text", "encode_audio",
+    "SamplingParams", "StreamEncoder", "StreamPiece", "SynthesisRequest", "check_text", "dialogue_text", "encode_audio",
     "float_to_int16", "is_silent", "load_clip", "load_model_dir", "normalize_loudness", "pick_device", "pick_dtype",
     "random_seed", "resolve_model_path", "split_text", "time_stretch", "trim_silence", "write_tiny_checkpoint",
 ]

@@ -36,11 +36,12 @@ SHUTDOWN_WAIT_S = 10  # how long shutdown waits for the device thread to finish 
 
 
 @dataclass
-class AudioChunk:
-    """A piece of one request's output; the last one has `finished` set and the final figures.
+class StreamPiece:
+    """A piece of one request's output stream; the last one has `finished` set and the final figures.
+    ("Chunk" always means a text chunk: the parts a long text is spoken in.)
 
-    The first chunk of a stream carries no audio: it tells the request id and `text_chunks`, the text
-    chunks the request is spoken in, before any audio. A chunk with `chunk_done` closes that text chunk.
+    The first piece of a stream carries no audio: it tells the request id and `text_chunks`, the text
+    chunks the request is spoken in, before any audio. A piece with `chunk_done` closes that text chunk.
     """
 
     request_id: int
@@ -50,7 +51,7 @@ class AudioChunk:
     reason: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     chunk_index: int = 0  # which text chunk this audio belongs to
-    text_chunks: tuple[str, ...] | None = None  # set on the first chunk only
+    text_chunks: tuple[str, ...] | None = None  # set on the first piece only
     chunk_done: ChunkDone | None = None  # the text chunk that ended here (its text and frame span)
 
 
@@ -197,8 +198,8 @@ class AsyncEngine:
         return codes.numpy()
 
     def stream(self, req: SynthesisRequest, on_added: Callable[[int], None] | None = None
-               ) -> AsyncGenerator[AudioChunk, None]:
-        """Submit `req` and yield its audio as it is made: first a chunk without audio that tells the
+               ) -> AsyncGenerator[StreamPiece, None]:
+        """Submit `req` and yield its audio as it is made: first a piece without audio that tells the
         request id and its text chunks, then audio. Raises RequestError (a ValueError) for bad input, EngineBusy
         when the waiting queue is full, EngineUnhealthy when the engine stopped serving (also in the
         middle of a stream), RuntimeError when a step failed. on_added(request_id) runs as soon as the
@@ -206,12 +207,12 @@ class AsyncEngine:
         return self._stream(lambda engine: engine.add_request(req), on_added)
 
     def stream_prompt(self, prompt: Tensor, params: SamplingParams, max_frames: int,
-                      stream_pcm: bool = True) -> AsyncGenerator[AudioChunk, None]:
+                      stream_pcm: bool = True) -> AsyncGenerator[StreamPiece, None]:
         """stream() for a ready prompt grid [11, T] (Engine.add_prompt): benchmarks and tests."""
         return self._stream(lambda engine: engine.add_prompt(prompt, params, max_frames, stream_pcm), None)
 
     async def _stream(self, add_to: Callable[[Engine], int], on_added: Callable[[int], None] | None
-                      ) -> AsyncGenerator[AudioChunk, None]:
+                      ) -> AsyncGenerator[StreamPiece, None]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -232,7 +233,7 @@ class AsyncEngine:
             on_added(rid)
         finished = False
         try:
-            yield AudioChunk(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), text_chunks=tuple(text_chunks))
+            yield StreamPiece(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), text_chunks=tuple(text_chunks))
             while True:
                 ev = await events.get()
                 if ev.finished:
@@ -241,10 +242,10 @@ class AsyncEngine:
                         raise EngineUnhealthy(ev.error)
                     if ev.reason == "error":
                         raise RuntimeError(ev.error or "generation failed")
-                    yield AudioChunk(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), True,
+                    yield StreamPiece(rid, np.zeros(0, np.float32), np.zeros((10, 0), np.int64), True,
                                      ev.reason, self._stats(ev), ev.chunk_index, chunk_done=ev.chunk_done)
                     return
-                yield AudioChunk(rid, ev.pcm if ev.pcm is not None else np.zeros(0, np.float32),
+                yield StreamPiece(rid, ev.pcm if ev.pcm is not None else np.zeros(0, np.float32),
                                  ev.codes if ev.codes is not None else np.zeros((10, 0), np.int64),
                                  chunk_index=ev.chunk_index, chunk_done=ev.chunk_done)
         finally:

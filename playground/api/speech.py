@@ -26,14 +26,14 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from engine import CONTENT_TYPES, AudioChunk, EngineUnhealthy, StreamEncoder, encode_audio, time_stretch
+from engine import CONTENT_TYPES, EngineUnhealthy, StreamEncoder, StreamPiece, encode_audio, time_stretch
 from playground.api.errors import APIError
 from playground.api.synthesis import SpeechBody, check_model, param_of, references, synthesis_request
 from playground.state import AppState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-EngineStream = AsyncGenerator[AudioChunk, None]  # what AsyncEngine.stream() returns
+EngineStream = AsyncGenerator[StreamPiece, None]  # what AsyncEngine.stream() returns
 # Streaming with speed != 1 stretches blocks of at least this many samples (4 frames, ~0.19 s):
 # WSOLA needs several 40 ms windows to find good splice points, and fewer block joins mean fewer seams.
 STRETCH_BLOCK_SAMPLES = 4 * 2048
@@ -73,16 +73,16 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             raise Disconnected()
 
 
-async def _first_audio(stream: EngineStream) -> AudioChunk:
-    """The chunk after the stream's announcement of its request id (the first chunk with audio, or the end)."""
-    chunk = await anext(stream)
-    return await anext(stream) if chunk.text_chunks is not None else chunk
+async def _first_audio(stream: EngineStream) -> StreamPiece:
+    """The piece after the stream's announcement of its request id (the first with audio, or the end)."""
+    piece = await anext(stream)
+    return await anext(stream) if piece.text_chunks is not None else piece
 
 
-async def first_chunk(request: Request, stream: EngineStream) -> AudioChunk:
-    """The request's first chunk (bad input raises ValueError here, before any header is sent).
+async def first_piece(request: Request, stream: EngineStream) -> StreamPiece:
+    """The request's first piece (bad input raises ValueError here, before any header is sent).
 
-    A disconnect meanwhile is honoured once the chunk has come, by closing the stream, never by
+    A disconnect meanwhile is honoured once the piece has come, by closing the stream, never by
     cancelling: a cancel that lands while AsyncEngine.stream() still waits for the engine thread to
     add the request makes that thread die (AsyncEngine.call sets a result on a cancelled Future).
     """
@@ -95,14 +95,14 @@ async def first_chunk(request: Request, stream: EngineStream) -> AudioChunk:
         raise
 
 
-async def collect(first: AudioChunk, stream: EngineStream) -> tuple[np.ndarray, AudioChunk]:
-    """All PCM of a request and its final chunk (with stats)."""
-    pieces, chunk = [], first
+async def collect(first: StreamPiece, stream: EngineStream) -> tuple[np.ndarray, StreamPiece]:
+    """All PCM of a request and its final piece (with stats)."""
+    pieces, piece = [], first
     async with aclosing(stream):
-        while not chunk.finished:
-            pieces.append(chunk.pcm)
-            chunk = await anext(stream)
-    return np.concatenate([np.zeros(0, np.float32), *pieces]), chunk
+        while not piece.finished:
+            pieces.append(piece.pcm)
+            piece = await anext(stream)
+    return np.concatenate([np.zeros(0, np.float32), *pieces]), piece
 
 
 class Stretcher:
@@ -121,21 +121,21 @@ class Stretcher:
         return time_stretch(block, self.speed)
 
 
-async def encoded_chunks(first: AudioChunk, stream: EngineStream, fmt: str,
-                         speed: float) -> AsyncIterator[tuple[bytes, AudioChunk | None]]:
-    """(bytes, None) per piece of encoded audio as PCM arrives, then (tail bytes, final chunk)."""
+async def encoded_chunks(first: StreamPiece, stream: EngineStream, fmt: str,
+                         speed: float) -> AsyncIterator[tuple[bytes, StreamPiece | None]]:
+    """(bytes, None) per piece of encoded audio as PCM arrives, then (tail bytes, final piece)."""
     encoder, stretcher = StreamEncoder(fmt), Stretcher(speed)
     async with aclosing(stream):
-        chunk = first
-        while not chunk.finished:
-            data = encoder.push(stretcher.push(chunk.pcm))
+        piece = first
+        while not piece.finished:
+            data = encoder.push(stretcher.push(piece.pcm))
             if data:
                 yield data, None
-            chunk = await anext(stream)
-        yield encoder.push(stretcher.push(np.zeros(0, np.float32), last=True)) + encoder.finish(), chunk
+            piece = await anext(stream)
+        yield encoder.push(stretcher.push(np.zeros(0, np.float32), last=True)) + encoder.finish(), piece
 
 
-async def audio_body(first: AudioChunk, stream: EngineStream, fmt: str,
+async def audio_body(first: StreamPiece, stream: EngineStream, fmt: str,
                      speed: float) -> AsyncGenerator[bytes, None]:
     async for data, _ in encoded_chunks(first, stream, fmt, speed):
         if data:
@@ -146,7 +146,7 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
-async def sse_body(first: AudioChunk, stream: EngineStream, fmt: str, speed: float,
+async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: float,
                    input_tokens: int) -> AsyncGenerator[bytes, None]:
     try:
         async for data, final in encoded_chunks(first, stream, fmt, speed):
@@ -174,7 +174,7 @@ def timing_headers(stats: dict[str, Any], reason: str | None) -> dict[str, str]:
 
 async def complete_file(request: Request, stream: EngineStream, body: SpeechBody,
                         headers: dict[str, str]) -> Response:
-    first = await first_chunk(request, stream)
+    first = await first_piece(request, stream)
     samples, final = await until_disconnected(request, collect(first, stream))
     if body.speed != 1.0:
         samples = await run_in_threadpool(time_stretch, samples, body.speed)
@@ -187,9 +187,9 @@ async def streamed(request: Request, state: AppState, stream: EngineStream, body
                    headers: dict[str, str]) -> Response:
     fmt = body.response_format
     tokens = len(state.loaded.tokenizer.encode(body.input)) if body.stream_format == "sse" else 0
-    # The first chunk comes before the answer, so bad input still gets a 400 rather than a broken
+    # The first piece comes before the answer, so bad input still gets a 400 rather than a broken
     # stream; from here on nothing can fail before the response owns (and will close) the engine stream.
-    first = await first_chunk(request, stream)
+    first = await first_piece(request, stream)
     if body.stream_format == "sse":
         content = sse_body(first, stream, fmt, body.speed, tokens)
         return ClosingStreamingResponse(content, stream, media_type="text/event-stream",

@@ -1,6 +1,6 @@
 """A take: one engine request from the playground, streamed, measured, and split into its text chunks.
 
-`run_take` consumes `AsyncEngine.stream()` in its own task and tees every PCM chunk into the live
+`run_take` consumes `AsyncEngine.stream()` in its own task and tees every PCM piece into the live
 stream, so the figures can tick on a clock (every TICK_SECONDS) however slowly audio arrives; leaving
 it early (Stop cancels the handler) cancels that task, which leaves `stream()` and so aborts the
 request in the engine. A finished take knows where each text chunk starts and ends in its samples,
@@ -23,9 +23,9 @@ from engine import (
     MAX_REFERENCE_SECONDS,
     MIN_REFERENCE_SECONDS,
     SAMPLE_RATE,
-    AudioChunk,
     ChunkDone,
     SamplingParams,
+    StreamPiece,
     SynthesisRequest,
     random_seed,
 )
@@ -116,23 +116,23 @@ class _Progress:
 
 
 async def _consume(state: AppState, req: SynthesisRequest, live: PcmStream | None, figs: LiveFigures,
-                   progress: _Progress) -> AudioChunk:
+                   progress: _Progress) -> StreamPiece:
     """Run the request, keeping its PCM and finished text chunks in `progress` and teeing the PCM into
-    the live stream; the final chunk."""
-    async for chunk in state.engine.stream(req):
-        if chunk.text_chunks is not None:
-            progress.request_id, progress.num_chunks = chunk.request_id, len(chunk.text_chunks)
-        progress.chunk_index = chunk.chunk_index
-        if chunk.chunk_done is not None:
-            progress.done.append(chunk.chunk_done)
-        if len(chunk.pcm):
-            figs.on_audio(len(chunk.pcm))
-            progress.pieces.append(chunk.pcm)
+    the live stream; the final piece."""
+    async for piece in state.engine.stream(req):
+        if piece.text_chunks is not None:
+            progress.request_id, progress.num_chunks = piece.request_id, len(piece.text_chunks)
+        progress.chunk_index = piece.chunk_index
+        if piece.chunk_done is not None:
+            progress.done.append(piece.chunk_done)
+        if len(piece.pcm):
+            figs.on_audio(len(piece.pcm))
+            progress.pieces.append(piece.pcm)
             if live is not None:
-                live.write(chunk.pcm)
-        if chunk.finished:
-            return chunk
-    raise RuntimeError("the engine stream ended without a final chunk")
+                live.write(piece.pcm)
+        if piece.finished:
+            return piece
+    raise RuntimeError("the engine stream ended without a final piece")
 
 
 def chunk_bounds(done: list[ChunkDone], text: str, num_samples: int, hop: int) -> list[dict]:
