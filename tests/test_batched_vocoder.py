@@ -1,5 +1,5 @@
 """RowVocoder tests: streams that start at different times, share pushes in any subsets and reuse
-reset slots each decode to exactly `Codec.decode` of their own codes; rows not pushed keep their
+reset rows each decode to exactly `Codec.decode` of their own codes; rows not pushed keep their
 state; the state tensors never change size. Tiny codec (windows of 4 frames), CPU, float32."""
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Stream:
     def __init__(self, num_frames: int, seed: int) -> None:
         self.codes = random_codes(1, num_frames, seed=seed)[0]
         self.done = 0
-        self.chunks: list[torch.Tensor] = []
+        self.pieces: list[torch.Tensor] = []
 
     @property
     def left(self) -> int:
@@ -37,18 +37,18 @@ class Stream:
 
 def assert_decodes_alone(codec: Codec, stream: Stream) -> None:
     reference = codec.decode(stream.codes[None])[0, 0]
-    torch.testing.assert_close(torch.cat(stream.chunks), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(stream.pieces), reference, atol=1e-5, rtol=0)
 
 
 def push_and_check_others(vocoder: RowVocoder, active: dict[int, Stream], chosen: list[int],
                           n: int) -> None:
-    """Push n frames for the `chosen` slots; every other row's state and position stay bit-equal."""
+    """Push n frames for the `chosen` rows; every other row's state and position stay bit-equal."""
     state, positions = vocoder.state.clone(), vocoder.positions.clone()
     codes = torch.stack([active[s].take(n) for s in chosen])  # [B, 10, n]
     pcm = vocoder.push(torch.tensor(chosen), codes)
     assert pcm.shape == (len(chosen), n * HOP)
-    for slot, row in zip(chosen, pcm):
-        active[slot].chunks.append(row)
+    for row, samples in zip(chosen, pcm):
+        active[row].pieces.append(samples)
     others = [s for s in range(vocoder.max_rows) if s not in chosen]
     assert torch.equal(vocoder.state[others], state[others])
     assert torch.equal(vocoder.positions[others], positions[others])
@@ -57,16 +57,16 @@ def push_and_check_others(vocoder: RowVocoder, active: dict[int, Stream], chosen
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_interleaved_streams_decode_alone(codec: Codec, seed: int) -> None:
     rng = random.Random(seed)
-    # per slot: (first step, stream lengths in order); slots 1 and 3 are reset and reused
+    # per row: (first step, stream lengths in order); rows 1 and 3 are reset and reused
     plan = {0: (0, [13]), 1: (2, [9, 8]), 2: (5, [11]), 3: (1, [5, 7])}
-    queued = {slot: list(lengths) for slot, (_, lengths) in plan.items()}
+    queued = {row: list(lengths) for row, (_, lengths) in plan.items()}
     vocoder, active, finished = RowVocoder(codec, 4), {}, []
     batch_sizes, ns = set(), set()
     for step in range(200):
-        for slot, (first, _) in plan.items():
-            if slot not in active and queued[slot] and step >= first:
-                vocoder.reset(slot)
-                active[slot] = Stream(queued[slot].pop(0), seed=100 * seed + len(finished) + slot)
+        for row, (first, _) in plan.items():
+            if row not in active and queued[row] and step >= first:
+                vocoder.reset(row)
+                active[row] = Stream(queued[row].pop(0), seed=100 * seed + len(finished) + row)
         if not active:
             break
         chosen = sorted(s for s in active if rng.random() < 0.6) or [rng.choice(sorted(active))]
@@ -74,10 +74,10 @@ def test_interleaved_streams_decode_alone(codec: Codec, seed: int) -> None:
         push_and_check_others(vocoder, active, chosen, n)
         batch_sizes.add(len(chosen))
         ns.add(n)
-        for slot in chosen:
-            if active[slot].left == 0:
-                assert vocoder.positions[slot] == active[slot].codes.shape[-1]
-                finished.append(active.pop(slot))
+        for row in chosen:
+            if active[row].left == 0:
+                assert vocoder.positions[row] == active[row].codes.shape[-1]
+                finished.append(active.pop(row))
     assert len(finished) == 6 and ns == {1, 2, 3} and max(batch_sizes) >= 3
     for stream in finished:
         assert_decodes_alone(codec, stream)
@@ -88,7 +88,7 @@ def test_long_streams_cross_the_window_with_fixed_state(codec: Codec) -> None:
     shape, pointer = vocoder.state.shape, vocoder.state.data_ptr()
     streams = {0: Stream(40, seed=11), 1: Stream(40, seed=12)}  # 10× the 4-frame attention window
     vocoder.reset(0)
-    for step in range(57):  # slot 1 joins 17 frames later, slot 0 leaves 17 frames earlier
+    for step in range(57):  # row 1 joins 17 frames later, row 0 leaves 17 frames earlier
         if step == 17:
             vocoder.reset(1)
         chosen = [s for s in (0, 1) if streams[s].left and (s == 0 or step >= 17)]

@@ -33,12 +33,12 @@ def reference(q, k, v, rings, pos, window):
 def test_window_attention_equals_module_path(num_new: int, window: int, tiles: tuple[int, int] | None) -> None:
     """A ring of 5 entries (one step of the online softmax), and of 69 in steps of 32 or 64 entries."""
     torch.manual_seed(num_new)
-    heads, dim, slots_total, layers = 2, 16, 5, 2
+    heads, dim, rows_total, layers = 2, 16, 5, 2
     ring = window - 1
     # each row: [layers, 2, H, R, D] after a 7-float prefix of other state, as in the vocoder's rows
     per_layer = 2 * heads * ring * dim
-    state = torch.randn(slots_total, 7 + layers * per_layer, device=DEVICE)
-    slots = torch.tensor([3, 0, 4], device=DEVICE)
+    state = torch.randn(rows_total, 7 + layers * per_layer, device=DEVICE)
+    rows = torch.tensor([3, 0, 4], device=DEVICE)
     pos = torch.tensor([0, 2, 17 * window], device=DEVICE)  # a fresh stream, one inside its first ring, one far on
     layer = 1
     start = 7 + layer * per_layer
@@ -46,16 +46,16 @@ def test_window_attention_equals_module_path(num_new: int, window: int, tiles: t
     positions = pos[:, None] + torch.arange(num_new, device=DEVICE)
     rope = rope_cos_sin(positions.flatten(), dim, 10000.0).unflatten(0, positions.shape)  # [B, n, D/2, 2]
     q, k, v = qkv.unbind(2)
-    rings = state[slots, start:start + per_layer].view(3, 2, heads, ring, dim)
+    rings = state[rows, start:start + per_layer].view(3, 2, heads, ring, dim)
     want, advanced = reference(apply_rope_cos_sin(q, rope), apply_rope_cos_sin(k, rope), v, rings, pos, window)
     before = state.clone()
-    got = window_attention(qkv, rope, state, slots, pos, start, window, tiles)
+    got = window_attention(qkv, rope, state, rows, pos, start, window, tiles)
     torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
     expected = before.clone()
-    expected[slots, start:start + per_layer] = advanced.flatten(1)
+    expected[rows, start:start + per_layer] = advanced.flatten(1)
     # keys rotated here may differ from apply_rope_cos_sin's in the last bit; the rest of every row is untouched
     torch.testing.assert_close(state, expected, atol=1e-6, rtol=1e-6)
     assert torch.equal(state[:, :start], before[:, :start]) and torch.equal(state[:, start + per_layer:],
                                                                             before[:, start + per_layer:])
-    others = [s for s in range(slots_total) if s not in slots.tolist()]
+    others = [s for s in range(rows_total) if s not in rows.tolist()]
     assert torch.equal(state[others], before[others])

@@ -1,11 +1,11 @@
-"""The codec transformer's sliding-window attention for streams in vocoder slots, read in place (Triton).
+"""The codec transformer's sliding-window attention for streams in vocoder rows, read in place (Triton).
 
-`engine/batched_vocoder.py` keeps each slot's keys and values of its last window-1 positions in the
-slot's row of the packed state, in ring order: position p sits in entry p mod (window-1). Reading them
+`engine/vocoder/rows.py` keeps each stream's keys and values of its last window-1 positions in the
+stream's row of the packed state, in ring order: position p sits in entry p mod (window-1). Reading them
 with a gathered copy of every pushed row, concatenating the new keys, attending and writing the
 shifted window back moved each row's 8.3 MB of S2 Pro codec keys and values about six times a push.
 Here one program per (row, head) takes its new queries, keys and values straight from the qkv
-projection's output, applies RoPE to them (ten torch kernels a layer before), reads its slot's ring
+projection's output, applies RoPE to them (ten torch kernels a layer before), reads its row's ring
 where it lies, attends the new queries to it and to the new keys (causal), then stores the new keys
 and values over the entries of the positions that left the window. Float32 throughout, like the
 module path (IEEE products). Tested against the module path's attention
@@ -45,14 +45,14 @@ def _rotate(x, cos, sin, BLOCK_N: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def _window_attention_kernel(qkv_ptr, rope_ptr, out_ptr, state_ptr, slots_ptr, pos_ptr, num_new, row_stride,
+def _window_attention_kernel(qkv_ptr, rope_ptr, out_ptr, state_ptr, rows_ptr, pos_ptr, num_new, row_stride,
                              layer_start, scale, HEADS: tl.constexpr, RING: tl.constexpr, D: tl.constexpr,
                              BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
-    """qkv [B, n, 3, HEADS, D] before RoPE; rope [B, n, D/2, 2]; out [B, n, HEADS, D]; the slot's ring
-    at state[slot, layer_start:] as [2, HEADS, RING, D]."""
+    """qkv [B, n, 3, HEADS, D] before RoPE; rope [B, n, D/2, 2]; out [B, n, HEADS, D]; the row's ring
+    at state[row, layer_start:] as [2, HEADS, RING, D]."""
     b = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
-    slot = tl.load(slots_ptr + b)
+    row = tl.load(rows_ptr + b)
     p0 = tl.load(pos_ptr + b)  # position of the first new query
     j = tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
@@ -72,7 +72,7 @@ def _window_attention_kernel(qkv_ptr, rope_ptr, out_ptr, state_ptr, slots_ptr, p
     m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     m, s, acc = _softmax_step(scores, visible, v_new, m, tl.zeros((BLOCK_N,), tl.float32),
                               tl.zeros((BLOCK_N, D), tl.float32))
-    ring_k = state_ptr + slot * row_stride + layer_start + head * RING * D
+    ring_k = state_ptr + row * row_stride + layer_start + head * RING * D
     ring_v = ring_k + HEADS * RING * D
     oldest = p0 % RING  # the entry of position p0 - RING
     for e0 in range(0, RING, BLOCK_E):
@@ -92,20 +92,20 @@ def _window_attention_kernel(qkv_ptr, rope_ptr, out_ptr, state_ptr, slots_ptr, p
     tl.store(ring_v + entry, v_new, mask=kept)
 
 
-def window_attention(qkv: Tensor, rope: Tensor, state: Tensor, slots: Tensor, pos: Tensor, layer_start: int,
+def window_attention(qkv: Tensor, rope: Tensor, state: Tensor, rows: Tensor, pos: Tensor, layer_start: int,
                      window: int, tiles: tuple[int, int] | None = None) -> Tensor:
-    """qkv [B, n, 3, H, D] float32 (the projection's output, before RoPE) of the streams in `slots` [B]
+    """qkv [B, n, 3, H, D] float32 (the projection's output, before RoPE) of the streams in `rows` [B]
     at positions pos[b] .. pos[b]+n-1, rope [B, n, D/2, 2] their (cos, sin) -> attention output
     [B, n, H, D]. RoPE is applied to q and k here. Query pos[b]+j sees the keys of positions
     pos[b]+j-window+1 .. pos[b]+j from 0 on: the earlier ones from the ring at
-    state[slots[b], layer_start:] ([2, H, window-1, D], ring order), which then takes k and v.
+    state[rows[b], layer_start:] ([2, H, window-1, D], ring order), which then takes k and v.
     tiles: (BLOCK_E, warps), by default `window_tiles`."""
     batch, num_new, _, heads, dim = qkv.shape
     block_e, warps = tiles or window_tiles(batch * num_new)
     ring = window - 1
     out = qkv.new_empty(batch, num_new, heads, dim)
     _window_attention_kernel[(batch, heads)](
-        qkv.contiguous(), rope.contiguous(), out, state, slots, pos, num_new, state.stride(0),
+        qkv.contiguous(), rope.contiguous(), out, state, rows, pos, num_new, state.stride(0),
         layer_start, dim ** -0.5, HEADS=heads, RING=ring, D=dim, BLOCK_N=max(16, triton.next_power_of_2(num_new)),
         BLOCK_E=block_e, num_warps=warps)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
     return out

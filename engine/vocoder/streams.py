@@ -94,16 +94,16 @@ class AudioStreams:
                  self.buckets, self.group_frames, time.perf_counter() - start)
 
     def _capture(self, rows: int, n: int) -> None:
-        slots = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
+        row_ids = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
         codes = torch.zeros(rows, 10, n, dtype=torch.long, device=self.device)
         assert self.graph_pool is not None
         try:
-            graph, out = capture_graph(lambda: self.vocoder.push(slots, codes), self.graph_pool, "vocoder",
+            graph, out = capture_graph(lambda: self.vocoder.push(row_ids, codes), self.graph_pool, "vocoder",
                                        self.device)
         except RuntimeError as exc:  # keep serving eagerly rather than not at all
             log.warning("vocoder graph for %d rows x %d frames not captured: %s", rows, n, exc)
             return
-        self.graphs[(rows, n)] = (graph, slots, codes, out)
+        self.graphs[(rows, n)] = (graph, row_ids, codes, out)
 
     def open(self, request_id: int) -> None:
         self.streams[request_id] = _Stream()
@@ -182,14 +182,14 @@ class AudioStreams:
             codes = np.concatenate([codes, np.zeros((extra, *codes.shape[1:]), np.int64)])
         graph = self.graphs.get((len(rows), codes.shape[-1]))
         if graph is not None:
-            g, slots_buf, codes_buf, out = graph
-            slots_buf.copy_(torch.tensor(rows, dtype=torch.long), non_blocking=True)
+            g, rows_buf, codes_buf, out = graph
+            rows_buf.copy_(torch.tensor(rows, dtype=torch.long), non_blocking=True)
             codes_buf.copy_(torch.from_numpy(codes), non_blocking=True)
             g.replay()
             pcm = out
         else:
-            slots = torch.tensor(rows, dtype=torch.long, device=self.device)
-            pcm = self.vocoder.push(slots, torch.from_numpy(codes).to(self.device))
+            pcm = self.vocoder.push(torch.tensor(rows, dtype=torch.long, device=self.device),
+                                    torch.from_numpy(codes).to(self.device))
         for s in streams:
             s.pending.clear()
             s.pushes += 1
