@@ -1,4 +1,4 @@
-"""The codec decoder's fused kernels (engine/codec_kernels.py) against the module path, on the same
+"""The codec decoder's fused kernels (engine/kernels/codec.py) against the module path, on the same
 inputs: whole streamed pushes of the tiny codec, and single convolutions (context, Snake on load,
 residual, tanh, transposed, split over programs), with float32 and float16 operands. On CPU they run
 in Triton's interpreter, where float32 operands must agree to float rounding and float16 ones to

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from engine.ar.attention import PrefillSegment, paged_decode_reference, prefill_attention
 from engine.ar.sampler import BatchParams, push_recent, sample_fast, sample_slow
 from engine.backend import resolve_backend
-from engine.kernels import codec as codec_kernels
 from engine.kernels import transformer as kernels
 from engine.kernels.attention import paged_decode_triton, paged_prefill_triton, prefill_block_m, prefill_tiles
 from engine.kernels.sampling import sample_into
@@ -284,17 +283,6 @@ def test_embed_rows_equals_embedding(dtype) -> None:
     frame = torch.randint(0, 50, (5, 11), generator=g).to(DEV)
     got = kernels.embed_rows(frame[:, 3], weight)
     assert torch.equal(got, F.embedding(frame[:, 3], weight))
-
-
-def test_snake_kernel_matches_module() -> None:
-    from engine.models.codec_layers import Snake1d
-    g = torch.Generator().manual_seed(8)
-    act = Snake1d(6)
-    act.alpha.data = torch.rand(1, 6, 1, generator=g) * 3
-    x = torch.randn(2, 6, 300, generator=g) * 4
-    want = x + (act.alpha + 1e-9).reciprocal() * torch.sin(act.alpha * x).pow(2)
-    got = codec_kernels.snake(x.to(DEV), act.alpha.to(DEV))
-    torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_paged_prefill_equals_module_prefill(dev_model) -> None:

@@ -21,9 +21,7 @@ docs/BENCHMARKS.md), at twice the tensor-core rate; `operands=torch.float32` run
 TF32 (IEEE under the interpreter). A snaked input that only a conv reads is stored in the operand
 type, to which the conv would round it anyway. The rearranged weights are a second copy next to the
 module's (~110 MB in float16 for the S2 Pro codec), which the one-shot decode and the encoder use.
-Also here: the codec's Snake activation as one elementwise pass (`snake`, five kernels in torch), which
-the module path uses on CUDA. Tested against the module path (tests/test_codec_kernels.py,
-tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
+Tested against the module path (tests/test_codec_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
@@ -58,29 +56,6 @@ def snake_value(x, alpha):
     poly = poly * r2 - 1.6666666666666666e-01
     sine = r + r * r2 * poly
     return x + (1.0 / (alpha + 1e-9)) * (sine * sine)
-
-
-@triton.jit
-def _snake_kernel(x_ptr, alpha_ptr, out_ptr, channels, length, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # (batch, channel)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < length
-    alpha = tl.load(alpha_ptr + row % channels).to(tl.float32)
-    x = tl.load(x_ptr + row * length + cols, mask=mask, other=0.0).to(tl.float32)
-    y = snake_value(x, alpha)
-    tl.store(out_ptr + row * length + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-def snake(x: Tensor, alpha: Tensor) -> Tensor:
-    """x [B, C, T] + sin²(αx) / (α + 1e-9) with α [1, C, 1], as codec_layers.Snake1d."""
-    x = x.contiguous()
-    batch, channels, length = x.shape
-    out = torch.empty_like(x)
-    block = min(2048, triton.next_power_of_2(max(length, 16)))
-    if x.numel():
-        grid = (batch * channels, triton.cdiv(length, block))
-        _snake_kernel[grid](x, alpha, out, channels, length, BLOCK=block, num_warps=4)  # pyright: ignore[reportCallIssue]  # launch options: not in Triton's stub
-    return out
 
 
 @triton.jit

@@ -1,5 +1,5 @@
 """The codec decoder streamed over many rows in fused kernels (CUDA; the reference is codec_layers.py):
-`FusedDecoder` runs each conv through `codec_kernels._conv_kernel` and each residual unit of up to
+`FusedDecoder` runs each conv through `kernels/codec.py`'s `_conv_kernel` and each residual unit of up to
 192 channels through the one kernel here (pushes of many rows; few rows take the two convs).
 
 A residual unit is Snake → k7 conv (dilation d) → Snake → k1 conv, added to its input. As two convs
