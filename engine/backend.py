@@ -75,9 +75,10 @@ def resolve_backend(device: torch.device, fused_kernels: bool | None = None, com
     else:
         ar_frame = "module"
     if cuda and not interpret:
-        require_capability(torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
-        set_shared_memory(torch.cuda.get_device_properties(device).shared_memory_per_block_optin)
-        if torch.cuda.get_device_capability(device)[0] >= PDL_MIN_CAPABILITY:
+        props = torch.cuda.get_device_properties(device)
+        require_capability(props.name, (props.major, props.minor))
+        set_shared_memory(props.shared_memory_per_block_optin)
+        if props.major >= PDL_MIN_CAPABILITY:
             enable_pdl()
     return Backend(ar_frame, "triton" if cuda else "torch",
                    "fused" if cuda and fused_kernels is not False and not compile else "module",
