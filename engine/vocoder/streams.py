@@ -129,8 +129,7 @@ class AudioStreams:
         first audio) and a ramp group that is due (the listener holds less than one more group;
         left to the next step's pickup, it arrived a frame later and early streams ran dry)."""
         return {rid for rid, s in self.streams.items()
-                if s.pending and (s.pushes == 0 or (s.ramping(self.group_frames)
-                                                    and len(s.pending) >= 2 ** s.pushes))}
+                if s.pending and (s.pushes == 0 or (s.ramping(self.group_frames) and self.due(s, full=False)))}
 
     def decode(self, flush: set[int]) -> list[tuple[int, np.ndarray]]:
         """Queue a push for every stream whose next group is due (or that is in `flush`) and hand out
