@@ -15,6 +15,7 @@ from engine.audio_out import (
 )
 from engine.checkpoint import DEFAULT_MODEL_ID, CheckpointError, resolve_model_path
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
+from engine.models.int8 import WEIGHTS
 from engine.params import (
                            DEFAULT_CHUNK_LENGTH,
                            DEFAULT_MAX_FRAMES,
@@ -41,7 +42,7 @@ from engine.tools.tiny_checkpoint import write_tiny_checkpoint
 __all__ = [
     "CONTENT_TYPES", "DEFAULT_CHUNK_LENGTH", "DEFAULT_MAX_FRAMES", "DEFAULT_MODEL_ID", "MAX_CHUNK_LENGTH",
     "MAX_FRAMES_LIMIT", "MAX_REFERENCE_SECONDS", "MAX_TEXT_CHARS", "MAX_UPLOAD_BYTES", "MIN_CHUNK_LENGTH",
-    "MIN_REFERENCE_SECONDS", "SAMPLE_RATE", "SEED_LIMIT", "AsyncEngine", "AudioError",
+    "MIN_REFERENCE_SECONDS", "SAMPLE_RATE", "SEED_LIMIT", "WEIGHTS", "AsyncEngine", "AudioError",
     "CheckpointError", "ChunkDone", "DecodedClip", "DecoderBusyError", "Engine", "EngineBusy", "EngineConfig",
     "EngineMetrics", "EngineUnhealthy", "Histogram", "LoadedModel", "ReferenceInput", "RequestError",
     "SamplingParams", "StreamEncoder", "StreamPiece", "SynthesisRequest", "check_text", "dialogue_text", "encode_audio",

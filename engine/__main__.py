@@ -19,6 +19,7 @@ from engine.audio import load_audio
 from engine.audio_out import encode_audio
 from engine.checkpoint import resolve_model_path
 from engine.loader import LoadedModel, load_model_dir, pick_device, pick_dtype
+from engine.models.int8 import WEIGHTS
 from engine.params import SamplingParams
 from engine.prompt import Reference, build_prompt
 from engine.reference import generate
@@ -45,6 +46,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     s.add_argument("--chunk-length", type=int, default=300, help="characters per text chunk; 0 = no split")
     s.add_argument("--device", default="auto")
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    s.add_argument("--weights", default="bf16", choices=WEIGHTS,
+                   help="the AR projections as published (bf16) or quantized to int8 at load")
+    s.add_argument("--cache-dir", type=Path, default=None,
+                   help="--weights int8: keep the quantized weights here and read them on the next run")
     s.add_argument("--reference-loop", action="store_true", help="use the plain reference loop")
     s.add_argument("--out", required=True, type=Path)
     s.add_argument("--codes-out", type=Path, default=None, help="write the codes [10, N] as .npy")
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         device = pick_device(args.device)
-        loaded = load_model_dir(resolve_model_path(args.model_path), device, pick_dtype(args.dtype, device))
+        loaded = load_model_dir(resolve_model_path(args.model_path), device, pick_dtype(args.dtype, device),
+                                args.weights, args.cache_dir)
         codes = synthesize(loaded, args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from engine.config import ModelConfig, s2_pro_config, tiny_config
 from engine.loader import CODEC_DTYPE, LoadedModel, pick_device
 from engine.models.codec import Codec, CodecConfig
 from engine.models.dual_ar import DualAR
+from engine.models.int8 import WEIGHTS, quantize_model
 from engine.params import SamplingParams
 from engine.serving.async_engine import AsyncEngine
 from engine.serving.engine import Engine
@@ -73,17 +74,27 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * 10 / (time.perf_counter() - start)
 
 
-def frame_bytes(cfg: ModelConfig, batch: int, context: int, elem: int) -> int:
-    """Weight bytes one frame reads (slow layers once, restricted head, fast layers x10) + KV reads."""
+def frame_bytes(cfg: ModelConfig, batch: int, context: int, elem: int, int8: bool = False) -> int:
+    """Weight bytes one frame reads (slow layers once, restricted head, fast layers and fast head x10) + KV
+    reads. With `int8` each projection reads one byte an entry plus a float32 scale per output channel."""
+    def projection(n: int, k: int) -> int:
+        return n * k + 4 * n if int8 else n * k * elem
+
     def layer(t) -> int:
-        return (t.dim * (t.q_size + 2 * t.kv_size) + t.q_size * t.dim + 3 * t.dim * t.intermediate_size) * elem
+        return (projection(t.q_size + 2 * t.kv_size, t.dim) + projection(t.dim, t.q_size)
+                + projection(2 * t.intermediate_size, t.dim) + projection(t.dim, t.intermediate_size))
     t, a = cfg.text, cfg.audio
-    weights = t.n_layer * layer(t) + (cfg.codebook_size + 1) * t.dim * elem + 10 * a.n_layer * layer(a)
+    fast = a.n_layer * layer(a) + projection(cfg.codebook_size, a.dim)
+    weights = t.n_layer * layer(t) + (cfg.codebook_size + 1) * t.dim * elem + 10 * fast
     kv = batch * context * t.n_layer * 2 * t.kv_size * elem
     return weights + kv
 
 
-def build(preset: str, device: torch.device, tmp: Path) -> LoadedModel:
+def gpu_memory(args: argparse.Namespace) -> int | None:
+    return None if args.gpu_memory is None else int(args.gpu_memory * 2**30)
+
+
+def build(preset: str, device: torch.device, tmp: Path, weights: str = "bf16") -> LoadedModel:
     cfg = s2_pro_config() if preset == "s2-pro" else tiny_config()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
@@ -95,9 +106,11 @@ def build(preset: str, device: torch.device, tmp: Path) -> LoadedModel:
         for name, p in model.named_parameters():
             if not name.endswith("norm.weight"):
                 p.normal_(0.0, 0.02)
+    if weights == "int8":
+        quantize_model(model)
     model.init_rope()
     write_tiny_tokenizer(tmp)
-    return LoadedModel(tmp, cfg, model.eval(), codec, TextTokenizer(tmp), device, dtype)
+    return LoadedModel(tmp, cfg, model.eval(), codec, TextTokenizer(tmp), device, dtype, weights=weights)
 
 
 def make_prompt(cfg: ModelConfig, seed: int, voice_seed: int) -> torch.Tensor:
@@ -213,11 +226,12 @@ def kernel_profile(engine: Engine, concurrency: int, steps: int = 10) -> str:
 def bench(args: argparse.Namespace) -> list[Row]:
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp())
-    loaded = build(args.preset, device, tmp)
+    loaded = build(args.preset, device, tmp, args.weights)
     elem = torch.empty((), dtype=loaded.dtype).element_size()
     bandwidth = copy_bandwidth(device)
     sweep = [int(c) for c in args.concurrency.split(",")]
     engine = Engine(loaded, EngineConfig(max_batch=max(sweep), num_blocks=args.num_blocks,
+                                         gpu_memory_bytes=gpu_memory(args),
                                          cuda_graphs=not args.eager, compile=args.compile,
                                          fused_kernels=False if args.unfused or args.compile else None,
                                          prefill_graph_tokens=args.prefill_graph_tokens,
@@ -244,7 +258,7 @@ def bench(args: argparse.Namespace) -> list[Row]:
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
         times, wall, step_s = run_round(engine, c, args.frames, hit, i + 1, not args.no_vocoder)
         context = REFERENCE_FRAMES + TEXT_TOKENS + args.frames // 2
-        floor_s = frame_bytes(loaded.config, c, context, elem) / bandwidth
+        floor_s = frame_bytes(loaded.config, c, context, elem, args.weights == "int8") / bandwidth
         audio = sum(t.audio_seconds for t in times)
         per_request = statistics.mean(t.frames_per_second for t in times)
         rows.append(Row(c, hit, per_request, sum(t.frames for t in times) / wall, wall / (audio / c),
@@ -259,16 +273,18 @@ def bench(args: argparse.Namespace) -> list[Row]:
 def capacity_bench(args: argparse.Namespace) -> tuple[list[capacity.CapacityRow], str]:
     """Real-time capacity rounds on one engine (max_batch from --max-batch)."""
     device = pick_device(args.device)
-    loaded = build(args.preset, device, Path(tempfile.mkdtemp()))
+    loaded = build(args.preset, device, Path(tempfile.mkdtemp()), args.weights)
     cfg = EngineConfig(max_batch=args.max_batch or EngineConfig.max_batch, num_blocks=args.num_blocks,
-                       max_waiting=args.max_waiting, cuda_graphs=not args.eager)
+                       max_waiting=args.max_waiting, cuda_graphs=not args.eager, gpu_memory_bytes=gpu_memory(args))
     engine = Engine(loaded, cfg)
     engine.runner.set_ignore_eos(True)
     for c in cfg.graph_buckets() if device.type == "cuda" else [1]:  # one-time setup of every graph bucket
         run_round(engine, c, 8 if device.type == "cuda" else 2, False, 0)
     aengine = AsyncEngine(engine)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    header = (f"capacity · preset {args.preset} · {gpu} · torch {torch.__version__} · max_batch {cfg.max_batch} · "
+    cap = '' if args.gpu_memory is None else f'--gpu-memory {args.gpu_memory:g} GiB · '
+    header = (f"capacity · preset {args.preset} · {gpu} · torch {torch.__version__} · weights {args.weights} · "
+              f"{cap}max_batch {cfg.max_batch} · "
               f"{engine.blocks.num_blocks} KV blocks · waiting limit {cfg.waiting_limit} · {args.frames} frames "
               f"({capacity.stream_seconds(args.frames):.1f} s) a stream · starts over {args.spread} s · "
               "no prefix hit")
@@ -299,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["s2-pro", "tiny"], default="s2-pro")
     p.add_argument("--device", default="auto")
+    p.add_argument("--weights", choices=WEIGHTS, default="bf16",
+                   help="int8: the projections quantized (models/int8.py)")
+    p.add_argument("--gpu-memory", type=float, default=None,
+                   help="GiB the process may use (EngineConfig.gpu_memory_bytes)")
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--concurrency", default="1,2,4,8,16,32")
     p.add_argument("--hit-concurrency", default="1", type=lambda s: [int(c) for c in s.split(",") if c])
@@ -331,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = bench(args)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · {args.frames} frames/request · "
+    header = (f"preset {args.preset} · {gpu} · torch {torch.__version__} · weights {args.weights} · "
+              f"{args.frames} frames/request · "
               f"graphs {'off' if args.eager else 'on'}{' + compile' if args.compile else ''} · "
               f"kernels {'module path' if args.unfused or args.compile else 'fused'} · "
               f"vocoder {'off' if args.no_vocoder else 'streaming'}"

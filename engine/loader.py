@@ -52,6 +52,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     demo: bool = False  # a random tiny checkpoint: output is noise
+    weights: str = "bf16"  # the projections' storage: the checkpoint's own, or int8 (models/int8.py)
 
     @property
     def sample_rate(self) -> int:
@@ -62,8 +63,10 @@ class LoadedModel:
         return self.codec.config.hop_length
 
 
-def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load a resolved checkpoint directory. The ARs run in `dtype`; the codec in `CODEC_DTYPE`."""
+def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype, weights: str = "bf16",
+                   cache_dir: Path | None = None) -> LoadedModel:
+    """Load a resolved checkpoint directory. The ARs run in `dtype` (with `weights` "int8" their projections
+    are int8, cached under `cache_dir`); the codec in `CODEC_DTYPE`."""
     demo = (path / DEMO_MARKER).is_file()
     tokenizer = TextTokenizer(path)
     config = ModelConfig.from_file(path / "config.json")
@@ -77,7 +80,8 @@ def load_model_dir(path: Path, device: torch.device, dtype: torch.dtype) -> Load
         codec_cfg = CodecConfig.from_dict(json.loads((path / CODEC_CONFIG_FILE).read_text()))
     if codec_cfg.num_codebooks != config.num_codebooks:
         raise CheckpointError(f"codec has {codec_cfg.num_codebooks} codebooks, the model {config.num_codebooks}")
-    model = load_dual_ar(path, device, dtype)
+    model = load_dual_ar(path, device, dtype, weights, cache_dir)
     codec = load_codec(path / CODEC_FILE, codec_cfg, device, CODEC_DTYPE)
-    log.info("loaded %s on %s (%s)%s", path, device, dtype, " [demo checkpoint]" if demo else "")
-    return LoadedModel(path, config, model, codec, tokenizer, device, dtype, demo)
+    log.info("loaded %s on %s (%s, %s projections)%s", path, device, dtype, weights,
+             " [demo checkpoint]" if demo else "")
+    return LoadedModel(path, config, model, codec, tokenizer, device, dtype, demo, weights)

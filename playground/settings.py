@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import DEFAULT_MODEL_ID, MAX_UPLOAD_BYTES
+from engine import DEFAULT_MODEL_ID, MAX_UPLOAD_BYTES, WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class Settings:
     model_path: str = DEFAULT_MODEL_ID
     device: str = "auto"
     dtype: str = "auto"
+    weights: str = "bf16"  # the AR projections: bf16 as published, or int8 (half the memory; see README)
     host: str = "127.0.0.1"
     port: int = 7860
     data_dir: Path = Path("data")
@@ -41,6 +42,8 @@ class Settings:
         for name in ("max_upload_mb", "max_voices", "max_history", "max_disk_mb", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, got {self.weights!r}")
         if self.gpu_memory_gb is not None and self.gpu_memory_gb < 1:
             raise ValueError(f"gpu_memory_gb must be at least 1, got {self.gpu_memory_gb}")
         if self.max_upload_mb > MAX_UPLOAD_BYTES >> 20:
@@ -54,6 +57,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
                    help="checkpoint directory or hub id (default: %(default)s)")
     p.add_argument("--device", default=env.get("S2PRO_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=env.get("S2PRO_DTYPE", "auto"), help="auto, bfloat16, float32")
+    p.add_argument("--weights", default=env.get("S2PRO_WEIGHTS", "bf16"), choices=WEIGHTS,
+                   help="bf16 (as published) or int8: every AR projection quantized per output channel at the "
+                        "first start and cached under the data directory; half the weight memory, for 16-24 GB "
+                        "cards (default: %(default)s)")
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env.get("PORT", env.get("GRADIO_SERVER_PORT", "7860"))))
     p.add_argument("--data-dir", type=Path, default=Path(env.get("S2PRO_DATA_DIR", "data")),
@@ -79,8 +86,8 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
                    help="GiB of GPU memory the server may use, weights included: the KV cache is sized from it "
                         "and the process held to it (reproduces a 16 or 24 GB card on a bigger one)")
     a = p.parse_args(argv)
-    return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, host=a.host, port=a.port,
-                    data_dir=a.data_dir, api_key=a.api_key or None, max_batch=a.max_batch,
+    return Settings(model_path=a.model_path, device=a.device, dtype=a.dtype, weights=a.weights, host=a.host,
+                    port=a.port, data_dir=a.data_dir, api_key=a.api_key or None, max_batch=a.max_batch,
                     num_blocks=a.num_blocks, cuda_graphs=not a.eager, compile=a.compile,
                     demo_fallback=not a.no_demo, shared_library=a.shared_library, max_waiting=a.max_waiting,
                     step_timeout_s=a.step_timeout, gpu_memory_gb=a.gpu_memory,

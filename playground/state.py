@@ -45,7 +45,8 @@ class AppState:
     def describe(self) -> str:
         lm = self.loaded
         mode = "demo (random tiny checkpoint)" if lm.demo else str(lm.path)
-        return f"model: {mode} · device: {lm.device} · dtype: {str(lm.dtype).removeprefix('torch.')}"
+        return (f"model: {mode} · device: {lm.device} · dtype: {str(lm.dtype).removeprefix('torch.')} · "
+                f"weights: {lm.weights}")
 
 
 def resolve_or_demo(settings: Settings) -> Path:
@@ -83,7 +84,8 @@ def create_state(settings: Settings) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     use_compile_caches(settings.data_dir)
     device = pick_device(settings.device)
-    loaded = load_model_dir(resolve_or_demo(settings), device, pick_dtype(settings.dtype, device))
+    loaded = load_model_dir(resolve_or_demo(settings), device, pick_dtype(settings.dtype, device), settings.weights,
+                            cache_dir=settings.data_dir / "cache")
     if device.type == "cpu" and loaded.demo:
         torch.set_num_threads(1)  # tiny ops: threads only add spin-wait on small machines
     cfg = EngineConfig(max_batch=settings.max_batch, num_blocks=settings.num_blocks,

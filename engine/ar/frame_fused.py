@@ -16,6 +16,7 @@ from engine.kernels import linear, transformer
 from engine.kernels.attention import paged_decode_triton, paged_prefill_triton, prefill_block_m
 from engine.kernels.fused_stack import FusedStack
 from engine.kernels.sampling import sample_into
+from engine.models.int8 import projection_weight
 
 if TYPE_CHECKING:
     from engine.ar.runner import FrameInputs, ModelRunner, PrefillInputs
@@ -37,6 +38,7 @@ class FusedFrame:
         # The restricted head as one matrix: rows of <|semantic:0..4095|> then <|im_end|> (21 MB).
         self.slow_head = torch.cat([emb[mc.semantic_start_token_id:mc.semantic_end_token_id + 1],
                                     emb[mc.eos_token_id:mc.eos_token_id + 1]]).contiguous()
+        self.fast_head = projection_weight(model.audio_decoder.output)
         # Fast-AR cache: per layer [max_batch, FAST_CACHE, KVH, D], row b of the batch owns block b.
         fast = (r.cfg.max_batch, FAST_CACHE, a.n_local_heads, a.head_dim)
         self.k_fast_pools = [torch.zeros(fast, dtype=r.dtype, device=dev) for _ in range(a.n_layer)]
@@ -83,7 +85,7 @@ class FusedFrame:
             else:  # one row per sequence: the attention runs in the kernel that stores its k/v
                 hidden = self.fast_stack.forward(x, self.fast_positions[pos, :batch], self.fast_slots[pos, :batch],
                                                  k_fast, v_fast, None, window=FAST_CACHE)
-            sample_into(linear.linear(hidden[-batch:], model.audio_decoder.output.weight), inp.slots,
+            sample_into(linear.linear(hidden[-batch:], self.fast_head), inp.slots,
                         inp.frames, r.params, out, pos + 1, DRAW_FAST + pos)  # position 0's output unused
             if pos < mc.num_codebooks - 1:
                 x = transformer.embed_rows(out[:, pos + 1], emb)

@@ -18,19 +18,34 @@ from torch import Tensor, nn
 
 from engine.config import TransformerConfig
 from engine.kernels import linear, transformer
+from engine.kernels.linear import Weight
+from engine.models.int8 import Int8Linear, Int8Weight, projection_weight
 from engine.models.layers import Block, FeedForward, RMSNorm
 
 
 @dataclass
 class _Layer:
     attn_norm: Tensor
-    wqkv: Tensor
+    wqkv: Weight
     q_norm: Tensor | None
     k_norm: Tensor | None
-    wo: Tensor
+    wo: Weight
     ffn_norm: Tensor
-    w13: Tensor
-    w2: Tensor
+    w13: Weight
+    w2: Weight
+
+
+def _interleave(first: Tensor, second: Tensor) -> Tensor:
+    """Re-point two parameters of the same shape [F, ...] into one [2F, ...] tensor whose rows alternate
+    them, and return it; they become strided views of it (no extra memory). Already so: returned as is."""
+    a, b = first.data, second.data
+    rows, inner = a.shape[0], a[0].numel()
+    same = a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    if same and a.stride(0) == 2 * inner and b.storage_offset() == a.storage_offset() + inner:
+        return a.as_strided((2 * rows, *a.shape[1:]), (inner, *a.stride()[1:]))  # already fused
+    both = torch.stack([a, b], dim=1).reshape(2 * rows, *a.shape[1:])
+    first.data, second.data = both[0::2], both[1::2]
+    return both
 
 
 def fuse_gate_up(block: nn.Module) -> Tensor:
@@ -38,14 +53,15 @@ def fuse_gate_up(block: nn.Module) -> Tensor:
     w1's row i, row 2i+1 is w3's) and return it: each tile of it holds matching gate and up rows, so
     the projection's epilogue applies the SwiGLU gate. w1/w3 become strided views (no extra memory)."""
     ff = cast(FeedForward, block.feed_forward)  # the ARs' and the codec's SwiGLU
-    w1, w3 = ff.w1.weight, ff.w3.weight
-    hidden, dim = w1.shape
-    same = w1.data.untyped_storage().data_ptr() == w3.data.untyped_storage().data_ptr()
-    if same and w1.stride() == (2 * dim, 1) and w3.storage_offset() == w1.storage_offset() + dim:
-        return w1.data.as_strided((2 * hidden, dim), (dim, 1))  # already fused
-    w13 = torch.stack([w1.data, w3.data], dim=1).reshape(2 * hidden, dim)
-    w1.data, w3.data = w13[0::2], w13[1::2]
-    return w13
+    return _interleave(cast(nn.Parameter, ff.w1.weight), cast(nn.Parameter, ff.w3.weight))
+
+
+def fuse_gate_up_weight(block: nn.Module) -> Weight:
+    """fuse_gate_up for bf16 or int8 projections: int8 ones have their scales interleaved the same way."""
+    ff = cast(FeedForward, block.feed_forward)
+    if isinstance(ff.w1, Int8Linear) and isinstance(ff.w3, Int8Linear):
+        return Int8Weight(_interleave(ff.w1.weight, ff.w3.weight), _interleave(ff.w1.scale, ff.w3.scale))
+    return fuse_gate_up(block)
 
 
 class FusedStack:
@@ -60,9 +76,10 @@ class FusedStack:
         for block in cast(Iterable[Block], layers):
             att = block.attention
             self.layers.append(_Layer(
-                block.attention_norm.weight, att.wqkv.weight,
+                block.attention_norm.weight, projection_weight(att.wqkv),
                 att.q_norm.weight if cfg.qk_norm else None, att.k_norm.weight if cfg.qk_norm else None,
-                att.wo.weight, block.ffn_norm.weight, fuse_gate_up(block), block.feed_forward.w2.weight))
+                projection_weight(att.wo), block.ffn_norm.weight, fuse_gate_up_weight(block),
+                projection_weight(block.feed_forward.w2)))
 
     def forward(self, x: Tensor, positions: Tensor, slots: Tensor, k_pools: list[Tensor], v_pools: list[Tensor],
                 attend: Callable[[int, Tensor], Tensor] | None, window: int = 0) -> Tensor:

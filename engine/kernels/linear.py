@@ -6,6 +6,9 @@ once, so what counts is how close each kernel comes to the device's copy bandwid
     linear     F.linear without bias through whichever fits, with the SwiGLU gate of a (w1, w3)
                row-paired weight in the epilogue
 
+Each reads a bf16 (or float32) weight, or an int8 one (models/int8.py) converted in registers with its
+per-row scale applied after the sum over K.
+
 Tested against F.linear (tests/test_kernels.py; on CPU through TRITON_INTERPRET=1).
 """
 from __future__ import annotations
@@ -17,11 +20,15 @@ from torch import Tensor
 
 from engine.kernels.launch import LAUNCH, after_previous
 from engine.kernels.transformer import silu_mul, silu_times
+from engine.models.int8 import Int8Weight
+
+Weight = Tensor | Int8Weight  # a projection's weight: the checkpoint's own, or int8 with per-row scales
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIGLU: tl.constexpr,
-                 PDL: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SWIGLU: tl.constexpr, SCALED: tl.constexpr, PDL: tl.constexpr):
+    """SCALED: w is int8 and row n of the product is multiplied by s[n] (float32) after the sum."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     k = tl.arange(0, BLOCK_K)
@@ -34,6 +41,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
         x = tl.load(x_ptr + k0 + k)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)
+    if SCALED:
+        y = y * tl.load(s_ptr + n, mask=n_mask, other=0.0)
     if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
         g, u = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -42,11 +51,16 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.c
         tl.store(y_ptr + n, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
-def gemv_tiles(n: int, k: int) -> tuple[int, int, int, int] | None:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [n, k] weight, None when K does not tile.
-    The fastest measured for the S2 Pro shapes, each faster than cuBLAS at one row (docs/BENCHMARKS.md)."""
+def gemv_tiles(n: int, k: int, w_elem: int = 2) -> tuple[int, int, int, int] | None:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [n, k] weight of `w_elem`-byte entries, None when
+    K does not tile. The fastest measured for the S2 Pro shapes, each faster than cuBLAS at one row
+    (docs/BENCHMARKS.md)."""
     if k % 512:
         return None
+    if w_elem == 1:  # int8: twice the entries per load for the same bytes in flight
+        if k % 2048 == 0 and k >= 4096:
+            return (4, 2048, 8, 3)  # wo
+        return (16, 512, 4, 3) if n >= 6000 and n < 10000 else (8, 512, 4, 3) if n >= 4096 else (4, 512, 4, 3)
     if k % 1024 == 0 and k >= 4096:
         return (4, 1024, 8, 3)  # wo
     if n >= 6000 and n < 10000:
@@ -54,25 +68,34 @@ def gemv_tiles(n: int, k: int) -> tuple[int, int, int, int] | None:
     return (4, 512, 4, 3) if n >= 4096 else (2, 512, 4, 3)
 
 
-def gemv(x: Tensor, w: Tensor, tiles: tuple[int, int, int, int] | None = None, swiglu: bool = False) -> Tensor:
+def _operands(w: Weight) -> tuple[Tensor, Tensor | None]:
+    """(the weight tensor the kernel reads, its per-row float32 scale or None)."""
+    return (w.q, w.scale) if isinstance(w, Int8Weight) else (w, None)
+
+
+def gemv(x: Tensor, w: Weight, tiles: tuple[int, int, int, int] | None = None, swiglu: bool = False) -> Tensor:
     """x [1, K] @ w[N, K].T -> [1, N] (K a multiple of BLOCK_K); with `swiglu` the gated [1, N/2]."""
-    n, k = w.shape
-    tiles = tiles or gemv_tiles(n, k)
+    wt, scale = _operands(w)
+    n, k = wt.shape
+    tiles = tiles or gemv_tiles(n, k, wt.element_size())
     assert tiles is not None, "K must be a multiple of 512"
     block_n, block_k, warps, stages = tiles
     y = torch.empty((1, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
-    _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, y, n, k, BLOCK_N=block_n, BLOCK_K=block_k, SWIGLU=swiglu,
+    _gemv_kernel[(triton.cdiv(n, block_n),)](x, wt, wt if scale is None else scale, y, n, k, BLOCK_N=block_n,
+                                             BLOCK_K=block_k, SWIGLU=swiglu, SCALED=scale is not None,
                                              num_warps=warps, num_stages=stages,  # pyright: ignore[reportCallIssue]
                                              **LAUNCH)  # launch options (num_warps, ...): not in Triton's stub
     return y
 
 
 @triton.jit
-def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+def _gemm_rows_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, PEEL: tl.constexpr, SWIGLU: tl.constexpr,
-                      PDL: tl.constexpr):
+                      SCALED: tl.constexpr, PDL: tl.constexpr):
     """A few rows (M <= BLOCK_M, padded) on tensor cores, each weight tile loaded once for all rows.
-    PEEL: the first two weight tiles are loaded before waiting for the previous kernel (K >= 2 tiles)."""
+    PEEL: the first two weight tiles are loaded before waiting for the previous kernel (K >= 2 tiles).
+    SCALED: w is int8, converted to x's type in registers (exact: |q| <= 127), and column n of the
+    product is multiplied by s[n] (float32) after the sum."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < N
     m = tl.arange(0, BLOCK_M)
@@ -86,16 +109,18 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
         w1 = tl.load(rows + (BLOCK_K + k)[None, :], mask=n_mask[:, None], other=0.0)
         after_previous(PDL)
         x = tl.load(x_ptr + m[:, None] * K + k[None, :], mask=m_mask[:, None], other=0.0)
-        acc = tl.dot(x, tl.trans(w0), acc, input_precision=PRECISION)
+        acc = tl.dot(x, tl.trans(w0.to(x.dtype)), acc, input_precision=PRECISION)
         x = tl.load(x_ptr + m[:, None] * K + (BLOCK_K + k)[None, :], mask=m_mask[:, None], other=0.0)
-        acc = tl.dot(x, tl.trans(w1), acc, input_precision=PRECISION)
+        acc = tl.dot(x, tl.trans(w1.to(x.dtype)), acc, input_precision=PRECISION)
         start = 2 * BLOCK_K
     else:
         after_previous(PDL)
     for k0 in range(start, K, BLOCK_K):  # pyright: ignore[reportArgumentType]  # tl.constexpr bounds
         w = tl.load(rows + (k0 + k)[None, :], mask=n_mask[:, None], other=0.0)
         x = tl.load(x_ptr + m[:, None] * K + (k0 + k)[None, :], mask=m_mask[:, None], other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+        acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc, input_precision=PRECISION)
+    if SCALED:
+        acc = acc * tl.load(s_ptr + n, mask=n_mask, other=0.0)[None, :]
     if SWIGLU:  # rows are (w1, w3) pairs: store silu(w1 x) * w3 x, one output per pair
         g, u = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
         o = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
@@ -109,18 +134,20 @@ def _gemm_rows_kernel(x_ptr, w_ptr, y_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK
 GEMM_ROWS = 64  # 2..64 rows take _gemm_rows_kernel (faster than cuBLAS there: docs/BENCHMARKS.md)
 
 
-def gemm_rows(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor | None:
+def gemm_rows(x: Tensor, w: Weight, swiglu: bool = False) -> Tensor | None:
     """x [M, K] @ w[N, K].T for 2 <= M <= GEMM_ROWS (padded to 16, 32 or 64); None when K does not tile.
     With `swiglu` the gated [M, N/2] (rows of w are (w1, w3) pairs)."""
+    wt, scale = _operands(w)
     rows, k = x.shape
-    n = w.shape[0]
-    block_n, block_k, peel, stages = gemm_rows_tiles(rows, n, k, x.element_size())
+    n = wt.shape[0]
+    block_n, block_k, peel, stages = gemm_rows_tiles(rows, n, k, x.element_size(), wt.element_size())
     if k % block_k:
         return None
     y = torch.empty((rows, n // 2 if swiglu else n), dtype=x.dtype, device=x.device)
     _gemm_rows_kernel[(triton.cdiv(n, block_n),)](
-        x, w, y, rows, n, k, BLOCK_M=block_m(rows), BLOCK_N=block_n, BLOCK_K=block_k,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel and k >= 2 * block_k, SWIGLU=swiglu,
+        x, wt, wt if scale is None else scale, y, rows, n, k, BLOCK_M=block_m(rows), BLOCK_N=block_n,
+        BLOCK_K=block_k, PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PEEL=peel and k >= 2 * block_k,
+        SWIGLU=swiglu, SCALED=scale is not None,
         num_warps=4, num_stages=stages, **LAUNCH)  # pyright: ignore[reportCallIssue]  # launch options: not in the stub
     return y
 
@@ -129,8 +156,12 @@ def block_m(rows: int) -> int:
     return 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
-def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, bool, int]:
-    """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight."""
+def gemm_rows_tiles(rows: int, n: int, k: int, elem: int, w_elem: int = 2) -> tuple[int, int, bool, int]:
+    """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight of `w_elem`-byte
+    entries (x of `elem`-byte ones)."""
+    if w_elem == 1:  # int8: the bf16 tiles with twice the K per tile (the same weight bytes in flight)
+        block_n, block_k, peel, stages = gemm_rows_tiles(rows, n, k, elem)
+        return block_n, 2 * block_k, peel, max(2, stages - 1) if elem == 4 else stages
     # No split of K over programs: faster alone, not in the engine (docs/BENCHMARKS.md).
     if block_m(rows) == 64:  # weights beyond L2: wider tiles (docs/BENCHMARKS.md)
         return (64, 128, False, 2 if elem == 4 else 5) if n >= 6000 else (32, 128, False, 2 if elem == 4 else 6)
@@ -144,12 +175,14 @@ def gemm_rows_tiles(rows: int, n: int, k: int, elem: int) -> tuple[int, int, boo
     return block_n, block_k, peel, stages
 
 
-def linear(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor:
+def linear(x: Tensor, w: Weight, swiglu: bool = False) -> Tensor:
     """F.linear without bias; one row takes the matrix-vector kernel, up to GEMM_ROWS the few-row one.
     With `swiglu`, w holds (w1, w3) row pairs and the result is silu(x w1.T) * x w3.T, gated in the
-    kernels' epilogue (same rounding as silu_mul after the plain product)."""
-    if x.is_contiguous() and w.is_contiguous():
-        if x.shape[0] == 1 and gemv_tiles(*w.shape) is not None:
+    kernels' epilogue (same rounding as silu_mul after the plain product). An int8 weight is read as
+    int8 by both kernels; beyond them (prefill) it is dequantized for cuBLAS."""
+    wt, _ = _operands(w)
+    if x.is_contiguous() and wt.is_contiguous():
+        if x.shape[0] == 1 and gemv_tiles(wt.shape[0], wt.shape[1], wt.element_size()) is not None:
             return gemv(x, w, swiglu=swiglu)
         if 2 <= x.shape[0] <= GEMM_ROWS:
             # Gated in the epilogue at 17-32 rows only: at BLOCK_M 16 that kernel streamed slower
@@ -158,5 +191,5 @@ def linear(x: Tensor, w: Tensor, swiglu: bool = False) -> Tensor:
             y = gemm_rows(x, w, swiglu and not gate_after)
             if y is not None:
                 return silu_mul(y) if gate_after else y
-    y = torch.nn.functional.linear(x, w)
+    y = torch.nn.functional.linear(x, w.dequantize(x.dtype) if isinstance(w, Int8Weight) else w)
     return silu_mul(y) if swiglu else y

@@ -68,14 +68,16 @@ def recording() -> Iterator[dict[Launch, Any]]:
 
 
 def engine_launches(cc: int, max_batch: int = 128) -> dict[Launch, Any]:
-    """The launches of the decode frame, the prefill steps and the vocoder at the real shapes, as the
-    backend decision sets them up for compute capability cc (its shared memory; PDL from sm_90)."""
+    """The launches of the decode frame and the prefill steps (bf16 and int8 weights) and the vocoder at the
+    real shapes, as the backend decision sets them up for compute capability cc (its shared memory; PDL
+    from sm_90)."""
     from engine.ar.runner import FrameInputs, ModelRunner, PrefillInputs, RunnerConfig
     from engine.backend import Backend
     from engine.config import s2_pro_config
     from engine.kernels.launch import enable_pdl, set_shared_memory
     from engine.models.codec import Codec, CodecConfig
     from engine.models.dual_ar import DualAR
+    from engine.models.int8 import WEIGHTS, quantize_model
     from engine.vocoder.rows import RowVocoder
     from engine.vocoder.streams import AudioStreams
 
@@ -88,20 +90,24 @@ def engine_launches(cc: int, max_batch: int = 128) -> dict[Launch, Any]:
         return torch.zeros(shape, dtype=torch.long, device=meta)
 
     with meta:
-        model = DualAR(s2_pro_config()).to(torch.bfloat16)
         codec = Codec(CodecConfig()).eval().requires_grad_(False)
-    model.init_rope()
-    runner = ModelRunner(model, RunnerConfig(num_blocks=64, max_batch=max_batch),
-                         Backend("fused", "triton", "fused", True, True))
-    width, runs = runner.cfg.max_blocks_per_seq, max_batch + 1
     with recording() as launches, torch.no_grad():
-        for batch in range(1, max_batch + 1):  # eager frames take any batch size; graphs a few of them
-            runner.decode_frame(FrameInputs(zeros(batch), zeros(batch), zeros(batch), zeros(batch, width),
-                                            zeros(batch), zeros(batch)))
-        for tokens in (16, 32, 64, 128, 256, 512, 1024, 2048):
-            tiles = -(-tokens // runner.prefill_block_m) + runs
-            runner.prefill_paged(PrefillInputs(zeros(11, tokens), zeros(tokens), zeros(tokens), zeros(runs, width),
-                                               zeros(tiles, 4)))
+        for weights in WEIGHTS:
+            with meta:
+                model = DualAR(s2_pro_config()).to(torch.bfloat16)
+            if weights == "int8":
+                quantize_model(model)
+            model.init_rope()
+            runner = ModelRunner(model, RunnerConfig(num_blocks=64, max_batch=max_batch),
+                                 Backend("fused", "triton", "fused", True, True))
+            width, runs = runner.cfg.max_blocks_per_seq, max_batch + 1
+            for batch in range(1, max_batch + 1):  # eager frames take any batch size; graphs a few of them
+                runner.decode_frame(FrameInputs(zeros(batch), zeros(batch), zeros(batch), zeros(batch, width),
+                                                zeros(batch), zeros(batch)))
+            for tokens in (16, 32, 64, 128, 256, 512, 1024, 2048):
+                tiles = -(-tokens // runner.prefill_block_m) + runs
+                runner.prefill_paged(PrefillInputs(zeros(11, tokens), zeros(tokens), zeros(tokens),
+                                                   zeros(runs, width), zeros(tiles, 4)))
         push_rows = 64  # EngineConfig.vocoder_push_rows
         vocoder = RowVocoder(codec, push_rows + 1, fused=True)
         for rows in AudioStreams(codec, push_rows, 8).buckets:

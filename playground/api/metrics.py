@@ -90,7 +90,8 @@ def router(state: AppState, counters: ApiCounters) -> APIRouter:
         engine = state.engine.health()
         body = {"status": "ok" if engine["healthy"] else "unhealthy", "model": MODEL_ID,
                 "device": str(state.loaded.device), "dtype": str(state.loaded.dtype).removeprefix("torch."),
-                "demo": state.demo, "running": engine["running"], "waiting": engine["waiting"],
+                "weights": state.loaded.weights, "demo": state.demo, "running": engine["running"],
+                "waiting": engine["waiting"],
                 "kv_blocks_used": engine["kv_blocks_total"] - engine["kv_blocks_free"],
                 "kv_blocks_total": engine["kv_blocks_total"]}
         if not engine["healthy"]:
