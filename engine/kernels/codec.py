@@ -63,9 +63,10 @@ def snake_channels(v, alpha_ptr, ch, ch_mask):
     return snake_value(v, tl.load(alpha_ptr + ch, mask=ch_mask, other=1.0)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["split"])  # one kernel for every split count
 def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_ptr, y_ptr, part_ptr, count_ptr,
-                 rows, T, L, CIN, COUT, x_bstride, ctx_bstride, dilation, TAPS: tl.constexpr, SPLIT: tl.constexpr,
+                 rows, T, L, CIN, COUT, x_bstride, ctx_bstride, dilation, split, TAPS: tl.constexpr,
+                 SPLIT_K: tl.constexpr,
                  SNAKE: tl.constexpr, RESIDUAL: tl.constexpr, OUT_SNAKE: tl.constexpr, TANH: tl.constexpr,
                  ONE_SOURCE: tl.constexpr, EVEN_CI: tl.constexpr, EVEN_CO: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, PRECISION: tl.constexpr):
@@ -73,8 +74,10 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
     where in[b, s] is x[b, s] for s >= 0 and ctx[b, L + s] before it; w [TAPS, COUT, CIN].
     ONE_SOURCE: x continues its context in one buffer (ctx [B, L + T, CIN], x its last T rows), read
     with one load per tile. EVEN_CI / EVEN_CO: CIN / COUT are multiples of their blocks (no masks).
-    SPLIT > 1 splits the (tap, input block) steps over programs (few rows, large weights): each
-    stores its partial sums, and the last to finish a tile adds them in a fixed order."""
+    SPLIT_K: the (tap, input block) steps are split over `split` > 1 programs (few rows, large weights):
+    each stores its partial sums, and the last to finish a tile adds them in a fixed order. The count
+    is an argument, not a constant, so every split of a shape shares one compiled kernel (they were a
+    third of the vocoder's compiles at a cold start)."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # flat (batch, time) output rows
     r_mask = r < rows
     b = (r // T).to(tl.int64)
@@ -83,7 +86,7 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
     co_mask = co < COUT
     ci_blocks = tl.cdiv(CIN, BLOCK_CI)
     steps = TAPS * ci_blocks
-    per_split = tl.cdiv(steps, SPLIT)
+    per_split = tl.cdiv(steps, split)
     first = tl.program_id(2) * per_split
     acc = tl.zeros((BLOCK_R, BLOCK_CO), tl.float32)
     for step in range(first, tl.minimum(first + per_split, steps)):
@@ -113,15 +116,15 @@ def _conv_kernel(x_ptr, ctx_ptr, w_ptr, bias_ptr, alpha_ptr, out_alpha_ptr, res_
         acc = tl.dot(v.to(w.dtype), w, acc, input_precision=PRECISION)
     out = r.to(tl.int64)[:, None] * COUT + co[None, :]
     mask = r_mask[:, None] & co_mask[None, :]
-    if SPLIT > 1:
+    if SPLIT_K:
         tl.store(part_ptr + tl.program_id(2) * rows * COUT + out, acc, mask=mask)
         tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
         arrived = tl.atomic_add(count_ptr + tile, 1)  # acq_rel: the partials are visible
-        last = arrived == SPLIT - 1
+        last = arrived == split - 1
         # only the last arrival reads the partials and stores (the others are done)
-        mask = mask & ((arrived + tl.zeros((BLOCK_R, BLOCK_CO), tl.int32)) == SPLIT - 1)
+        mask = mask & ((arrived + tl.zeros((BLOCK_R, BLOCK_CO), tl.int32)) == split - 1)
         acc = tl.zeros((BLOCK_R, BLOCK_CO), tl.float32)
-        for i in range(SPLIT):
+        for i in range(split):
             acc += tl.load(part_ptr + i * rows * COUT + out, mask=mask, other=0.0, cache_modifier=".cg")
         tl.atomic_xchg(count_ptr + tile, 0, mask=last)  # ready for the next call
     acc += tl.load(bias_ptr + co, mask=co_mask, other=0.0)[None, :]
@@ -280,7 +283,7 @@ def launch_conv(plan: ConvPlan, x: Tensor, ctx: Tensor, alpha: Tensor | None, re
         x, ctx, plan.weight, plan.bias, alpha if alpha is not None else plan.bias,
         out_alpha if out_alpha is not None else plan.bias, residual if residual is not None else y, y, part,
         counters(y.device), rows, length, plan.context, cin, cout, x.stride(0), ctx.stride(0), plan.dilation,
-        TAPS=plan.taps, SPLIT=split, SNAKE=alpha is not None, RESIDUAL=residual is not None,
+        split, TAPS=plan.taps, SPLIT_K=split > 1, SNAKE=alpha is not None, RESIDUAL=residual is not None,
         OUT_SNAKE=out_alpha is not None, TANH=plan.tanh, ONE_SOURCE=one_source,
         EVEN_CI=cin % tiles.block_ci == 0, EVEN_CO=cout % tiles.block_co == 0, BLOCK_R=tiles.block_r,
         BLOCK_CI=tiles.block_ci, BLOCK_CO=tiles.block_co, PRECISION="ieee" if INTERPRET else "tf32",
