@@ -299,6 +299,48 @@ def capacity_bench(args: argparse.Namespace) -> tuple[list[capacity.CapacityRow]
     return rows, header
 
 
+def memory_table(args: argparse.Namespace) -> str:
+    """Where the device memory goes (GiB): at start, by part of the memory plan, then the peak of a round at
+    each concurrency of --concurrency (prompts of a 20 s reference, --frames frames each, streaming)."""
+    device = pick_device(args.device)
+    assert device.type == "cuda", "--memory measures a GPU"
+    torch.cuda.reset_peak_memory_stats()
+    loaded = build(args.preset, device, Path(tempfile.mkdtemp()), args.weights)
+    sweep = [int(c) for c in args.concurrency.split(",")]
+    engine = Engine(loaded, EngineConfig(max_batch=args.max_batch or max(sweep), num_blocks=args.num_blocks,
+                                         gpu_memory_bytes=gpu_memory(args)))
+    engine.runner.set_ignore_eos(True)
+    plan = engine.memory
+
+    def gib(n: float) -> str:
+        return f"{n / 2**30:.2f}"
+    ar = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    codec = sum(p.numel() * p.element_size() for p in loaded.codec.parameters())
+    free, total = torch.cuda.mem_get_info()
+    start_reserved = torch.cuda.memory_reserved()
+    cap = f" · --gpu-memory {args.gpu_memory:g} GiB" if args.gpu_memory else ""
+    lines = [f"memory · preset {args.preset} · {torch.cuda.get_device_name()} · weights {args.weights} · "
+             f"max_batch {engine.cfg.max_batch}{cap}",
+             "| part | GiB |", "|---|---|",
+             f"| Dual-AR weights ({args.weights} projections; embeddings, norms) | {gib(ar)} |",
+             f"| codec weights (float32) | {gib(codec)} |",
+             f"| vocoder: state rows, graph buffers, codec working memory | {gib(plan.vocoder_bytes)} |",
+             f"| KV pool: {plan.num_blocks} blocks of {plan.block_size} tokens | {gib(plan.kv_bytes)} |",
+             f"| AR frame and prefill graphs | {gib(plan.graphs_bytes)} |",
+             f"| torch reserved at start | {gib(start_reserved)} |",
+             f"| outside torch (CUDA context, cuBLAS/cuDNN, Triton modules) | {gib(total - free - start_reserved)} |"]
+    allocated_start = torch.cuda.memory_allocated()
+    for c in sweep:
+        torch.cuda.reset_peak_memory_stats()
+        run_round(engine, c, args.frames, False, 31 + c)
+        peak_alloc, peak_res = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+        above = peak_alloc - allocated_start
+        lines += [f"| concurrency {c}: activations and buffers above start (peak) | {gib(above)} |",
+                  f"| concurrency {c}: allocator slack (peak reserved - allocated) | {gib(peak_res - peak_alloc)} |",
+                  f"| concurrency {c}: peak reserved | {gib(peak_res)} |"]
+    return "\n".join(lines)
+
+
 def print_table(rows: list[Row], header: str) -> None:
     print(header)
     print("| conc | prefix hit | frames/s/req | aggregate frames/s | RTF | TTFT p50/p95 ms | TTFB p50/p95 ms "
@@ -337,12 +379,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", action="store_true", help="print a cProfile of the first round")
     p.add_argument("--kernel-profile", action="store_true", help="print the GPU kernels of a frame per concurrency")
     p.add_argument("--capacity", default=None, help="client counts: measure real-time capacity instead")
-    p.add_argument("--max-batch", type=int, default=None, help="--capacity: the engine's max_batch")
+    p.add_argument("--max-batch", type=int, default=None, help="--capacity, --memory: the engine's max_batch")
     p.add_argument("--max-waiting", type=int, default=None, help="--capacity: the engine's waiting limit")
     p.add_argument("--spread", type=float, default=2.0, help="--capacity: clients start over this many seconds")
+    p.add_argument("--memory", action="store_true", help="print where the device memory goes (GPU)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.memory:
+        print(memory_table(args), flush=True)
+        return
     if args.capacity:
         cap_rows, header = capacity_bench(args)
         if args.json:
