@@ -49,7 +49,9 @@ def test_memory_plan_counts_streams_and_names_the_batch_that_fits() -> None:
     assert streams_held(blocks, 64) == 5347 // 16 == 334  # 1,024 tokens = 16 blocks
     plan = MemoryPlan(10 * GIB, 3 * GIB, GIB // 4, blocks, one_block, 64, max_batch=256)
     assert plan.largest_batch == 334 and "334 streams of 1024 tokens" in plan.describe()
-    assert "fits" not in plan.describe()
+    assert "fits" not in plan.describe() and f"({blocks * 64} tokens)" in plan.describe()
+    graphs = MemoryPlan(10 * GIB, 3 * GIB, GIB // 4, blocks, one_block, 64, 256, (1, 2, 4, 256))
+    assert "frame graphs for batches 1,2,4,256" in graphs.describe()
     small = MemoryPlan(10 * GIB, 3 * GIB, GIB // 4, 800, one_block, 64, max_batch=256)
     assert small.largest_batch == 50 and "--max-batch 50 fits this card" in small.describe()
 

@@ -113,7 +113,8 @@ class Engine:
         self._capture_graphs()
         one_block = block_bytes(loaded.config, loaded.dtype, cfg.block_size)
         self.memory = MemoryPlan(weights, vocoder, device_bytes(loaded.device) - before_graphs, num_blocks,
-                                 one_block, cfg.block_size, cfg.max_batch)
+                                 one_block, cfg.block_size, cfg.max_batch,
+                                 tuple(cfg.graph_buckets()) if self.backend.cuda_graphs else ())
         if self.backend.device_streams:
             log.info(self.memory.describe())
         self.run_ahead = self.backend.device_streams if cfg.run_ahead is None else cfg.run_ahead

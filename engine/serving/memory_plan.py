@@ -86,6 +86,7 @@ class MemoryPlan:
     block_bytes: int
     block_size: int
     max_batch: int
+    buckets: tuple[int, ...] = ()  # batch sizes with a captured frame graph
 
     @property
     def kv_bytes(self) -> int:
@@ -98,10 +99,11 @@ class MemoryPlan:
 
     def describe(self) -> str:
         streams = self.largest_batch
+        buckets = f", frame graphs for batches {','.join(map(str, self.buckets))}" if self.buckets else ""
         text = (f"memory plan: weights {self.weights_bytes / GIB:.1f} GiB, vocoder {self.vocoder_bytes / GIB:.1f} GiB, "
                 f"AR graphs {self.graphs_bytes / GIB:.2f} GiB, KV {self.kv_bytes / GIB:.1f} GiB = {self.num_blocks} "
-                f"blocks of {self.block_size} tokens = {streams} streams of {TYPICAL_STREAM_TOKENS} tokens "
-                f"(max_batch {self.max_batch})")
+                f"blocks of {self.block_size} tokens ({self.num_blocks * self.block_size} tokens) = {streams} streams "
+                f"of {TYPICAL_STREAM_TOKENS} tokens (max_batch {self.max_batch}{buckets})")
         if streams < self.max_batch:
             text += (f"; at that length at most {streams} streams decode at once, the rest wait for KV blocks: "
                      f"--max-batch {max(1, streams)} fits this card")
