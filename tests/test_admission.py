@@ -7,7 +7,7 @@ import pytest
 from engine.serving.admission import EngineBusy, QueueRate, retry_after_s
 from engine.serving.engine_config import EngineConfig
 from engine.serving.memory_plan import GIB, MemoryPlan, available_bytes, kv_blocks_for, streams_held
-from playground.settings import parse_settings
+from playground.settings import Settings, parse_settings
 
 
 def test_queue_rate_follows_departures() -> None:
@@ -37,7 +37,7 @@ def test_waiting_limit_defaults_to_two_batches() -> None:
     assert EngineConfig().step_limit_s(cuda=True) == 30.0 and EngineConfig().step_limit_s(cuda=False) == 600.0
     assert EngineConfig(step_timeout_s=0).step_limit_s(cuda=True) == 0
     for bad in (lambda: EngineConfig(max_waiting=-1), lambda: EngineConfig(step_timeout_s=-1.0),
-                lambda: EngineConfig(vocoder_push_rows=0)):
+                lambda: EngineConfig(vocoder_push_rows=0), lambda: EngineConfig(vocoder_start_rows=0)):
         with pytest.raises(ValueError):
             bad()
 
@@ -71,4 +71,15 @@ def test_a_gpu_memory_cap_sizes_the_pool_from_what_the_cap_leaves() -> None:
         EngineConfig(gpu_memory_bytes=GIB // 2)
     assert parse_settings(["--gpu-memory", "24"]).gpu_memory_gb == 24.0
     assert parse_settings([]).gpu_memory_gb is None
+
+
+def test_weights_come_from_the_flag_or_the_environment(monkeypatch) -> None:
+    assert parse_settings([]).weights == "bf16"
+    assert parse_settings(["--weights", "int8"]).weights == "int8"
+    monkeypatch.setenv("S2PRO_WEIGHTS", "int8")
+    assert parse_settings([]).weights == "int8"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parse_settings(["--weights", "int4"])
+    with pytest.raises(ValueError, match="weights must be one of bf16, int8"):
+        Settings(weights="fp8")
 

@@ -29,6 +29,7 @@ def test_health_and_models(api_server: Server) -> None:
     state = health(api_server)
     assert state["status"] == "ok" and state["model"] == "s2-pro" and state["device"] == "cpu"
     assert state["demo"] is True  # the tiny checkpoint carries the random-weights marker
+    assert state["weights"] == "bf16" and state["dtype"] == "float32"
     assert state["kv_blocks_total"] > 0 and state["running"] == 0
     client = client_for(api_server)
     assert [m.id for m in client.models.list()] == ["s2-pro"]

@@ -141,7 +141,8 @@ def check(cc: int) -> dict[str, Any]:
         if need > limit:
             over.append({"kernel": launch[0], "shared": need, "options": dict(launch[2]),
                          "constexprs": {n: v for n, k, v in launch[1] if k == "constexpr"}})
-    return {"cc": cc, "limit": limit, "launches": len(launches), "kernels": worst, "over": over}
+    int8 = sum(1 for _, params, _ in launches if ("SCALED", "constexpr", True) in params)  # int8 projections
+    return {"cc": cc, "limit": limit, "launches": len(launches), "int8_launches": int8, "kernels": worst, "over": over}
 
 
 def main(argv: list[str] | None = None) -> None:
