@@ -57,10 +57,8 @@ def gemv_tiles(n: int, k: int, w_elem: int = 2) -> tuple[int, int, int, int] | N
     (docs/BENCHMARKS.md)."""
     if k % 512:
         return None
-    if w_elem == 1:  # int8: twice the entries per load for the same bytes in flight
-        if k % 2048 == 0 and k >= 4096:
-            return (4, 2048, 8, 3)  # wo
-        return (16, 512, 4, 3) if n >= 6000 and n < 10000 else (8, 512, 4, 3) if n >= 4096 else (4, 512, 4, 3)
+    if w_elem == 1:  # int8: the fastest measured for wqkv on an H200 (docs/BENCHMARKS.md), kept for all
+        return (8, 512, 4, 4)
     if k % 1024 == 0 and k >= 4096:
         return (4, 1024, 8, 3)  # wo
     if n >= 6000 and n < 10000:
@@ -159,9 +157,11 @@ def block_m(rows: int) -> int:
 def gemm_rows_tiles(rows: int, n: int, k: int, elem: int, w_elem: int = 2) -> tuple[int, int, bool, int]:
     """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight of `w_elem`-byte
     entries (x of `elem`-byte ones)."""
-    if w_elem == 1:  # int8: the bf16 tiles with twice the K per tile (the same weight bytes in flight)
-        block_n, block_k, peel, stages = gemm_rows_tiles(rows, n, k, elem)
-        return block_n, 2 * block_k, peel, max(2, stages - 1) if elem == 4 else stages
+    if w_elem == 1:  # int8: at 8 rows narrower tiles with twice the K measured faster (H200, wqkv); at 64
+        # rows twice the K in five stages needs 256 KB of shared memory: the bf16 tiles there and at 32
+        if block_m(rows) == 16 and elem == 2:
+            return 32, 256, False, 3
+        return gemm_rows_tiles(rows, n, k, elem)
     # No split of K over programs: faster alone, not in the engine (docs/BENCHMARKS.md).
     if block_m(rows) == 64:  # weights beyond L2: wider tiles (docs/BENCHMARKS.md)
         return (64, 128, False, 2 if elem == 4 else 5) if n >= 6000 else (32, 128, False, 2 if elem == 4 else 6)

@@ -9,11 +9,13 @@ sum over K, in registers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+M = TypeVar("M", bound=nn.Module)
 WEIGHTS = ("bf16", "int8")  # what --weights accepts; bf16 keeps the checkpoint's own projections
 INT8_MAX = 127
 
@@ -85,7 +87,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def quantize_model(model: nn.Module) -> nn.Module:
+def quantize_model(model: M) -> M:
     """Replace every projection by its Int8Linear (quantized on the device its weight lives on), in place."""
     for name in projection_names(model):
         linear = model.get_submodule(name)
@@ -95,7 +97,7 @@ def quantize_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def int8_skeleton(model: nn.Module) -> nn.Module:
+def int8_skeleton(model: M) -> M:
     """Replace every projection by an empty Int8Linear on the meta device (to load a saved int8 state)."""
     for name in projection_names(model):
         linear = model.get_submodule(name)

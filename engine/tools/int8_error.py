@@ -26,14 +26,17 @@ from engine.reference import DenseKVCache
 @dataclass(frozen=True)
 class LogitError:
     slow_relative: float  # ||int8 - bf16|| / ||bf16|| over every prompt position's restricted logits
-    fast_relative: float  # the same for the fast AR's logits at codebook position 1
+    fast_relative: float  # the same for the fast AR's logits at codebook position 1 (same input hidden and code)
     slow_top_agree: float  # share of positions whose most likely token is the same
     fast_top_agree: float
 
 
-def logits(model: DualAR, prompt: Tensor, fast_rows: int = 64) -> tuple[Tensor, Tensor]:
+def logits(model: DualAR, prompt: Tensor, fast_rows: int = 64, fast_input: tuple[Tensor, Tensor] | None = None
+           ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
     """(slow restricted logits [N, 4097], fast logits at codebook position 1 for `fast_rows` positions
-    spread over the prompt [fast_rows, 4096]) in float32."""
+    spread over the prompt [fast_rows, 4096], and the fast AR's input: those positions' hidden and code)
+    in float32. With `fast_input` the fast AR takes that hidden and code instead of its own, so its
+    error is its own and not the slow AR's carried on."""
     t, a = model.cfg.text, model.cfg.audio
     dev, dtype = prompt.device, model.text_model.model.embeddings.weight.dtype
     n = prompt.shape[1]
@@ -41,20 +44,22 @@ def logits(model: DualAR, prompt: Tensor, fast_rows: int = 64) -> tuple[Tensor, 
     hidden = model.slow_forward(model.embed(prompt), torch.arange(n, device=dev), cache.attend)
     slow = model.slow_logits(hidden)
     fast_cache = DenseKVCache.empty(a.n_layer, 2, a.n_local_heads, a.head_dim, dtype, dev)
+    rows = torch.arange(0, n, max(1, n // fast_rows), device=dev)
+    inputs = fast_input or (hidden[rows], slow[rows, :-1].argmax(-1))
     fast = []
-    for row in range(0, n, max(1, n // fast_rows)):  # per position: its hidden, then its top code's embedding
+    for h, code in zip(*inputs):  # per position: its hidden, then its top code's embedding
         fast_cache.length = 0
-        x = torch.stack([hidden[row], model.fast_embed(slow[row, :-1].argmax())])
-        out = model.fast_forward(x, torch.arange(2, device=dev), fast_cache.attend)
+        out = model.fast_forward(torch.stack([h, model.fast_embed(code)]), torch.arange(2, device=dev),
+                                 fast_cache.attend)
         fast.append(model.fast_logits(out[1:]))
-    return slow, torch.cat(fast)
+    return slow, torch.cat(fast), inputs
 
 
 def measure(model: DualAR, prompt: Tensor) -> LogitError:
     """The int8 copy of `model` against `model` on `prompt` [11, N]."""
     with torch.no_grad():
-        slow, fast = logits(model, prompt)
-        q_slow, q_fast = logits(quantize_model(copy.deepcopy(model)), prompt)
+        slow, fast, inputs = logits(model, prompt)
+        q_slow, q_fast, _ = logits(quantize_model(copy.deepcopy(model)), prompt, fast_input=inputs)
 
     def rel(a: Tensor, b: Tensor) -> float:
         return float((a - b).norm() / b.norm())
