@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from engine.kernels.launch import LAUNCH, after_previous
+from engine.kernels.launch import LAUNCH, SHARED_MEMORY, after_previous
 from engine.kernels.transformer import silu_mul, silu_times
 from engine.models.int8 import Int8Weight
 
@@ -156,12 +156,21 @@ def block_m(rows: int) -> int:
 
 def gemm_rows_tiles(rows: int, n: int, k: int, elem: int, w_elem: int = 2) -> tuple[int, int, bool, int]:
     """(BLOCK_N, BLOCK_K, PEEL, num_stages) of the few-row kernel for an [n, k] weight of `w_elem`-byte
-    entries (x of `elem`-byte ones)."""
+    entries (x of `elem`-byte ones): the tiles measured fastest on Hopper, in as many stages as the
+    device's shared memory per block holds (each stage buffers an x tile and a weight tile: the 99 KB of
+    sm_86, sm_89 and sm_120 cards take two or three where Hopper's 227 KB take five or six)."""
+    block_n, block_k, peel, stages = _gemm_rows_tiles(rows, n, k, elem, w_elem)
+    per_stage = (block_m(rows) * elem + block_n * w_elem) * block_k
+    return block_n, block_k, peel, max(2, min(stages, SHARED_MEMORY["per_block"] // per_stage))
+
+
+def _gemm_rows_tiles(rows: int, n: int, k: int, elem: int, w_elem: int = 2) -> tuple[int, int, bool, int]:
+    """The Hopper tiles of gemm_rows_tiles, before its shared-memory cap."""
     if w_elem == 1:  # int8: at 8 rows narrower tiles with twice the K measured faster (H200, wqkv); at 64
         # rows twice the K in five stages needs 256 KB of shared memory: the bf16 tiles there and at 32
         if block_m(rows) == 16 and elem == 2:
             return 32, 256, False, 3
-        return gemm_rows_tiles(rows, n, k, elem)
+        return _gemm_rows_tiles(rows, n, k, elem)
     # No split of K over programs: faster alone, not in the engine (docs/BENCHMARKS.md).
     if block_m(rows) == 64:  # weights beyond L2: wider tiles (docs/BENCHMARKS.md)
         return (64, 128, False, 2 if elem == 4 else 5) if n >= 6000 else (32, 128, False, 2 if elem == 4 else 6)

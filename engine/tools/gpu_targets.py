@@ -36,8 +36,11 @@ Launch = tuple[str, tuple[tuple[str, str, Any], ...], tuple[tuple[str, Any], ...
 
 @contextlib.contextmanager
 def recording() -> Iterator[dict[Launch, Any]]:
-    """Every JIT kernel launch inside records (name, (param, type, constexpr value), options) instead
-    of compiling or running; yields {launch: the kernel's JITFunction}."""
+    """Every JIT kernel launch inside records (name, (param, type, constexpr value or "D"), options)
+    instead of compiling or running; yields {launch: the kernel's JITFunction}. "D" marks an argument
+    the JIT specializes as divisible by 16 (every pointer: torch's allocations are aligned, and every
+    row stride here is a multiple of 16 bytes; an integer that is): without it Triton cannot pipeline
+    the loads, and the shared memory it reports is a fraction of what the GPU then needs."""
     from triton.runtime.jit import JITFunction
     launches: dict[Launch, Any] = {}
     original = JITFunction.run
@@ -50,13 +53,14 @@ def recording() -> Iterator[dict[Launch, Any]]:
             if i in self.constexprs or value is None:  # Triton makes a None argument a constexpr
                 params.append((name, "constexpr", value))
             elif isinstance(value, torch.Tensor):
-                params.append((name, _DTYPES[value.dtype], None))
+                params.append((name, _DTYPES[value.dtype], "D"))
             elif isinstance(value, bool):
                 params.append((name, "i1", None))
             elif isinstance(value, float):
                 params.append((name, "fp32", None))
             else:
-                params.append((name, "i64" if abs(int(value)) >= 2**31 else "i32", None))
+                aligned = int(value) % 16 == 0 and i not in self.do_not_specialize
+                params.append((name, "i64" if abs(int(value)) >= 2**31 else "i32", "D" if aligned else None))
         options = tuple(sorted((k, v) for k, v in kwargs.items() if k in _COMPILE_OPTIONS))
         launches[(f"{self.fn.__module__}.{self.fn.__name__}", tuple(params), options)] = self
 
@@ -124,7 +128,9 @@ def shared_bytes(launch: Launch, kernel: Any, cc: int) -> int:
     _, params, options = launch
     signature = {name: kind for name, kind, _ in params}
     constexprs = {name: value for name, kind, value in params if kind == "constexpr"}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+    attrs = {(i,): [["tt.divisibility", 16]] for i, (_, kind, value) in enumerate(params)
+             if kind != "constexpr" and value == "D"}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", cc, 32), options=dict(options))
     return int(compiled.metadata.shared)
 
