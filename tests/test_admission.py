@@ -37,7 +37,7 @@ def test_waiting_limit_defaults_to_two_batches() -> None:
     assert EngineConfig().step_limit_s(cuda=True) == 30.0 and EngineConfig().step_limit_s(cuda=False) == 600.0
     assert EngineConfig(step_timeout_s=0).step_limit_s(cuda=True) == 0
     for bad in (lambda: EngineConfig(max_waiting=-1), lambda: EngineConfig(step_timeout_s=-1.0),
-                lambda: EngineConfig(vocoder_push_rows=0), lambda: EngineConfig(vocoder_start_rows=0)):
+                lambda: EngineConfig(vocoder_push_rows=0)):
         with pytest.raises(ValueError):
             bad()
 

@@ -74,8 +74,6 @@ class AsyncEngine:
     def _loop(self) -> None:
         while not self._stopped and self.healthy:
             block = not self.engine.has_work()
-            if block and self._timed(self.engine.idle_work):  # one piece, then look for commands again
-                block = False
             try:
                 while True:
                     self._current, command = self._commands.get(block=block, timeout=0.5 if block else None)
@@ -87,16 +85,14 @@ class AsyncEngine:
             if self.engine.has_work() and self.healthy:
                 self._timed(self._step)
 
-    def _timed(self, fn: Callable[[], Any]) -> Any:
-        """Run fn under the watchdog's eye and return what it returns; nothing it raises may end the
-        device thread (then None)."""
+    def _timed(self, fn: Callable[[], None]) -> None:
+        """Run fn under the watchdog's eye; nothing it raises may end the device thread."""
         if self.watchdog is not None:
             self.watchdog.busy_since = time.monotonic()
         try:
-            return fn()
+            fn()
         except Exception:
             log.exception("engine thread: unexpected error")
-            return None
         finally:
             if self.watchdog is not None:
                 self.watchdog.busy_since = None

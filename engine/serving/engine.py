@@ -99,7 +99,7 @@ class Engine:
                                     cfg.overlap_vocoder, fused=self.backend.fused_codec,
                                     push_rows=cfg.vocoder_push_rows, device_streams=self.backend.device_streams)
         if self.backend.cuda_graphs:
-            self.streams.warm_up(cfg.vocoder_start_rows)
+            self.streams.warm_up()
         vocoder = device_bytes(loaded.device) - weights
         num_blocks = cfg.num_blocks or kv_blocks(loaded, cfg.block_size, cfg.gpu_memory_fraction, cfg.cpu_kv_mb,
                                                  cfg.gpu_memory_bytes)
@@ -233,11 +233,6 @@ class Engine:
     def text_chunks(self, request_id: int) -> list[str]:
         """The text chunks a queued request is spoken in, in order."""
         return list(self.jobs[request_id].chunks)
-
-    def idle_work(self) -> bool:
-        """Work that waits for an idle engine (no request anywhere): capture one vocoder graph that start
-        left. True when it did something (call again while idle)."""
-        return not self.has_work() and self.streams.capture_next()
 
     def has_work(self) -> bool:
         return (bool(self.pending) or self.scheduler.has_work() or self.inflight is not None

@@ -40,10 +40,6 @@ class EngineConfig:
     # Streams decoded in one vocoder call at most (larger groups are split): bounds the codec's
     # activation memory and its graph shapes whatever max_batch is.
     vocoder_push_rows: int = 64
-    # CUDA: vocoder graphs of pushes of up to this many rows (and the largest) are captured at start, the
-    # others while the engine is idle, so the server answers sooner (a push of a shape not captured yet
-    # runs eagerly). None: every one at start.
-    vocoder_start_rows: int | None = 4
     # Requests waiting for a decode slot before add_request raises EngineBusy. None: 2 * max_batch,
     # so a queued request starts within about two request lengths (~10 s at 400 frames a request).
     max_waiting: int | None = None
@@ -72,8 +68,6 @@ class EngineConfig:
             raise ValueError("max_reference_seconds must be positive")
         if self.vocoder_push_rows < 1:
             raise ValueError("vocoder_push_rows must be positive")
-        if self.vocoder_start_rows is not None and self.vocoder_start_rows < 1:
-            raise ValueError("vocoder_start_rows must be positive (None: every vocoder graph at start)")
         if self.max_waiting is not None and self.max_waiting < 0:
             raise ValueError("max_waiting must be >= 0 (0: refuse every request that would wait)")
         if self.step_timeout_s is not None and self.step_timeout_s < 0:

@@ -79,45 +79,19 @@ class AudioStreams:
         self.graphs: dict[tuple[int, int], tuple] = {}  # (rows, frames) -> graph, inputs, output
         self.decoded: deque[_Decoded] = deque()  # pushes whose PCM has not been handed out yet
         self.graph_pool = torch.cuda.graph_pool_handle() if device_streams else None
-        self.deferred: list[tuple[int, int]] = []  # (rows, frames) shapes warm_up left to capture_next()
 
-    def warm_up(self, start_rows: int | None = None) -> None:
+    def warm_up(self) -> None:
         """CUDA: capture a graph of every (rows, frames) shape the streams will use, on the scratch
         row (a first call per shape is slow: cuDNN picks algorithms, Triton compiles; and eager
         pushes are launch-bound). Groups are powers of two, but a flush (first frame, end of a
-        chunk) pushes whatever is pending, so every count up to group_frames gets a graph.
-
-        With `start_rows`, only the buckets up to it and the largest shape are captured now (the
-        largest sizes the graphs' shared memory pool, so the memory plan counts it); the others are
-        left to capture_next(), which the engine calls while idle, and a push of such a shape runs
-        eagerly until then."""
+        chunk) pushes whatever is pending, so every count up to group_frames gets a graph."""
         start = time.perf_counter()
-        shapes = [(rows, n) for rows in self.buckets for n in range(1, self.group_frames + 1)]
-        largest = shapes[-1]
-        now = [s for s in shapes if start_rows is None or s[0] <= start_rows or s == largest]
-        for rows, n in sorted(now, key=lambda s: s != largest):  # the largest first: the pool's size
-            self._capture(rows, n)
-        self.deferred = [s for s in shapes if s not in now]
+        for rows in self.buckets:
+            for n in range(1, self.group_frames + 1):
+                self._capture(rows, n)
         self.vocoder.reset(self.scratch_row)
-        log.info("captured vocoder CUDA graphs for %d shapes (rows %s x 1-%d frames) in %.1f s%s", len(now),
-                 sorted({r for r, _ in now}), self.group_frames, time.perf_counter() - start,
-                 f"; {len(self.deferred)} more are captured while the engine is idle" if self.deferred else "")
-
-    def capture_next(self) -> bool:
-        """Capture one shape warm_up left (call it while no request runs); False when none is left."""
-        if not self.deferred:
-            return False
-        start = time.perf_counter()
-        rows, n = self.deferred.pop(0)
-        # Pushes still in flight on the side stream share the scratch row and the split-K counters
-        # with the capture's warm-up calls: they finish first.
-        torch.cuda.synchronize(self.device)
-        self._capture(rows, n)
-        self.vocoder.reset(self.scratch_row)
-        if not self.deferred:
-            log.info("every vocoder CUDA graph is captured (the last: %d rows x %d frames, %.2f s)", rows, n,
-                     time.perf_counter() - start)
-        return True
+        log.info("captured vocoder CUDA graphs for %d shapes (rows %s x 1-%d frames) in %.1f s", len(self.graphs),
+                 self.buckets, self.group_frames, time.perf_counter() - start)
 
     def _capture(self, rows: int, n: int) -> None:
         row_ids = torch.full((rows,), self.scratch_row, dtype=torch.long, device=self.device)
