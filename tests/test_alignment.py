@@ -15,7 +15,8 @@ import soundfile as sf
 from engine.alignment import WordTime, align_words, spoken_words, to_srt, to_vtt
 from tests.tools import tool
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "seven", "tired", "sailors", "watch", "quietly"]
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "seven", "tired",
+         "sailors", "watch", "quietly"]
 PAUSES = [0.12, 0.3, 0.08, 0.45, 0.2, 0.15, 0.35, 0.1, 0.25, 0.5, 0.18, 0.22, 0.3, 0.12, 0.4]
 
 
