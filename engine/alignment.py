@@ -46,9 +46,23 @@ def _decoder() -> Any:
     return Decoder(samprate=ALIGN_RATE, loglevel="FATAL", bestpath=False, beam=1e-80, wbeam=1e-60, pbeam=1e-80)
 
 
+def alignable(text: str) -> bool:
+    """Whether `text` has a word the aligner knows (else align_words raises)."""
+    words = spoken_words(text)
+    with _LOCK:
+        return any(_decoder().lookup_word(w.lower()) is not None for w in words)
+
+
+def as_json(words: list[WordTime]) -> list[dict[str, float | str | bool]]:
+    return [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "aligned": w.aligned}
+            for w in words]
+
+
 def align_words(samples: np.ndarray, sample_rate: int, text: str) -> list[WordTime]:
     """Start and end of every spoken word of `text` in mono `samples`. Empty when the text has no
-    words; ValueError when none of its words is in the English dictionary (nothing to align)."""
+    words; ValueError when none of its words is in the English dictionary (nothing to align). When the
+    audio cannot be aligned at all (too short for the words, or not their speech), every word is spread
+    over it by length, marked not aligned."""
     words = spoken_words(text)
     if not words:
         return []
@@ -66,12 +80,11 @@ def align_words(samples: np.ndarray, sample_rate: int, text: str) -> list[WordTi
         segments = decoder.seg() if decoder.hyp() is not None else None
         spans = [(seg.start_frame * FRAME_S, (seg.end_frame + 1) * FRAME_S) for seg in segments or []
                  if not seg.word.startswith(("<", "[")) and seg.word != "(NULL)"]
-    if len(spans) != len(known):
-        raise ValueError("the audio could not be aligned to the text")
     duration = len(audio) / ALIGN_RATE
     times: list[WordTime | None] = [None] * len(words)
-    for i, (start, end) in zip(known, spans):
-        times[i] = WordTime(words[i], start, min(end, duration))
+    if len(spans) == len(known):  # else no path through the words fits the audio: all spread by length
+        for i, (start, end) in zip(known, spans):
+            times[i] = WordTime(words[i], start, min(end, duration))
     return _fill_unaligned(words, times, duration)
 
 

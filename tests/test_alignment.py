@@ -94,3 +94,6 @@ def test_text_without_words_and_text_without_english() -> None:
     with pytest.raises(ValueError, match="English words"):
         align_words(np.zeros(16000, np.float32), 16000, "Zorbulax Quindreth")
     assert WordTime("a", 0.0, 0.1).aligned
+    spread = align_words(np.zeros(1600, np.float32), 16000, "the quick brown fox")  # 0.1 s: no path fits
+    assert [w.word for w in spread] == ["the", "quick", "brown", "fox"] and not any(w.aligned for w in spread)
+    assert spread[0].start == 0.0 and abs(spread[-1].end - 0.1) < 1e-9

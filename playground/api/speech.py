@@ -22,11 +22,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from engine import CONTENT_TYPES, EngineUnhealthy, StreamEncoder, StreamPiece, encode_audio, time_stretch
+from engine import (
+    CONTENT_TYPES,
+    SAMPLE_RATE,
+    EngineUnhealthy,
+    StreamEncoder,
+    StreamPiece,
+    align_words,
+    alignable,
+    as_json,
+    encode_audio,
+    time_stretch,
+)
 from playground.api.errors import APIError
 from playground.api.synthesis import SpeechBody, check_model, param_of, references, synthesis_request
 from playground.state import AppState
@@ -121,18 +132,25 @@ class Stretcher:
         return time_stretch(block, self.speed)
 
 
-async def encoded_chunks(first: StreamPiece, stream: EngineStream, fmt: str,
-                         speed: float) -> AsyncIterator[tuple[bytes, StreamPiece | None]]:
-    """(bytes, None) per piece of encoded audio as PCM arrives, then (tail bytes, final piece)."""
+async def encoded_chunks(first: StreamPiece, stream: EngineStream, fmt: str, speed: float,
+                         kept: list[np.ndarray] | None = None) -> AsyncIterator[tuple[bytes, StreamPiece | None]]:
+    """(bytes, None) per piece of encoded audio as PCM arrives, then (tail bytes, final piece). `kept`
+    collects the PCM as sent (after any speed change)."""
     encoder, stretcher = StreamEncoder(fmt), Stretcher(speed)
     async with aclosing(stream):
         piece = first
         while not piece.finished:
-            data = encoder.push(stretcher.push(piece.pcm))
+            pcm = stretcher.push(piece.pcm)
+            if kept is not None:
+                kept.append(pcm)
+            data = encoder.push(pcm)
             if data:
                 yield data, None
             piece = await anext(stream)
-        yield encoder.push(stretcher.push(np.zeros(0, np.float32), last=True)) + encoder.finish(), piece
+        tail = stretcher.push(np.zeros(0, np.float32), last=True)
+        if kept is not None:
+            kept.append(tail)
+        yield encoder.push(tail) + encoder.finish(), piece
 
 
 async def audio_body(first: StreamPiece, stream: EngineStream, fmt: str,
@@ -147,11 +165,16 @@ def sse_event(payload: dict[str, Any]) -> bytes:
 
 
 async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: float,
-                   input_tokens: int) -> AsyncGenerator[bytes, None]:
+                   input_tokens: int, timestamps_of: str | None = None) -> AsyncGenerator[bytes, None]:
+    """timestamps_of: the text whose word times are sent (speech.audio.timestamps) before done."""
+    kept: list[np.ndarray] | None = [] if timestamps_of is not None else None
     try:
-        async for data, final in encoded_chunks(first, stream, fmt, speed):
+        async for data, final in encoded_chunks(first, stream, fmt, speed, kept):
             if data:
                 yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+            if final is not None and kept is not None and timestamps_of is not None:
+                words = await word_times(np.concatenate([np.zeros(0, np.float32), *kept]), timestamps_of)
+                yield sse_event({"type": "speech.audio.timestamps", "words": words})
             if final is not None:
                 frames = int(final.stats.get("frames") or 0)
                 usage = {"input_tokens": input_tokens, "output_tokens": frames,
@@ -161,6 +184,15 @@ async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: fl
         log.error("speech stream failed: %s", exc)
         yield sse_event({"type": "error", "error": {"message": f"generation failed: {exc}",
                                                     "type": "server_error", "param": None, "code": None}})
+
+
+async def word_times(samples: np.ndarray, text: str) -> list[dict[str, Any]]:
+    """The words of `text` with their times in `samples` (engine.align_words, off the event loop)."""
+    try:
+        return as_json(await run_in_threadpool(align_words, samples, SAMPLE_RATE, text))
+    except ValueError as exc:
+        log.warning("word timestamps: %s", exc)
+        return []
 
 
 def timing_headers(stats: dict[str, Any], reason: str | None) -> dict[str, str]:
@@ -180,6 +212,11 @@ async def complete_file(request: Request, stream: EngineStream, body: SpeechBody
         samples = await run_in_threadpool(time_stretch, samples, body.speed)
     data = await run_in_threadpool(encode_audio, samples, body.response_format)
     headers |= timing_headers(final.stats, final.reason)
+    if body.timestamps == "word":
+        return JSONResponse({"audio": base64.b64encode(data).decode(),
+                             "content_type": CONTENT_TYPES[body.response_format],
+                             "duration": round(len(samples) / SAMPLE_RATE, 3),
+                             "words": await word_times(samples, body.input)}, headers=headers)
     return Response(data, media_type=CONTENT_TYPES[body.response_format], headers=headers)
 
 
@@ -191,7 +228,8 @@ async def streamed(request: Request, state: AppState, stream: EngineStream, body
     # stream; from here on nothing can fail before the response owns (and will close) the engine stream.
     first = await first_piece(request, stream)
     if body.stream_format == "sse":
-        content = sse_body(first, stream, fmt, body.speed, tokens)
+        content = sse_body(first, stream, fmt, body.speed, tokens,
+                           body.input if body.timestamps == "word" else None)
         return ClosingStreamingResponse(content, stream, media_type="text/event-stream",
                                         headers=headers | {"Cache-Control": "no-cache"})
     return ClosingStreamingResponse(audio_body(first, stream, fmt, body.speed), stream,
@@ -204,6 +242,14 @@ def router(state: AppState) -> APIRouter:
     @r.post("/v1/audio/speech", response_model=None)
     async def speech(body: SpeechBody, request: Request) -> Response:
         check_model(body.model)
+        if body.timestamps == "word":
+            if body.stream_format == "audio":
+                raise APIError(400, 'timestamps "word" need stream_format "sse" (a speech.audio.timestamps event) '
+                               "or a complete file (a JSON answer); a raw audio stream has no place for them",
+                               param="timestamps")
+            if not await run_in_threadpool(alignable, body.input):
+                raise APIError(400, "word timestamps are aligned with an English dictionary, and none of the "
+                               "input's words is in it", param="timestamps")
         req, seed = synthesis_request(body)
         req = replace(req, references=await references(state, body))
         request_id = f"req_{secrets.token_hex(12)}"

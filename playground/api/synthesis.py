@@ -69,6 +69,9 @@ class SpeechBody(_Strict):
     max_frames: int | None = None
     chunk_length: int | None = None
     ras: bool | None = None
+    # "word": word start/end times aligned to `input` (a speech.audio.timestamps event before done in SSE;
+    # with no stream_format the answer is JSON holding the audio and the words)
+    timestamps: Literal["none", "word"] = "none"
 
 
 def param_of(exc: ValueError) -> str | None:
