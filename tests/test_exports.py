@@ -39,3 +39,23 @@ def test_another_owner_cannot_render_a_take(tmp_path: Path) -> None:
     with pytest.raises(KeyError):
         Exports(store).render("s:mallory", take_id, np.zeros(100, np.float32), OutputOptions())
     assert not (store.exports_root / take_id).exists() or not any((store.exports_root / take_id).iterdir())
+
+
+def test_subtitles_are_one_pair_per_take_and_counted(tmp_path: Path) -> None:
+    """SRT and WebVTT of a take: made once per audio and text, replaced when the rendering changes (a
+    trimmed take is timed anew), in the disk budget, only for the take's owner; no English word: refused."""
+    store = Store(tmp_path, StoreLimits())
+    exports, take_id = Exports(store), take(store)
+    samples = np.concatenate([np.zeros(22050, np.float32),
+                              sf.read(store.history_audio_path("s:alice", take_id), dtype="float32")[0]])
+    first = exports.subtitles("s:alice", take_id, samples, "a tone", OutputOptions())
+    assert [p.suffix for p in first] == [".srt", ".vtt"] and all(p.is_file() for p in first)
+    assert exports.subtitles("s:alice", take_id, samples, "a tone", OutputOptions()) == first  # not made again
+    trimmed = exports.subtitles("s:alice", take_id, samples, "a tone", OutputOptions(trim=True))
+    assert trimmed != first and not any(p.exists() for p in first)
+    on_disk = sum(p.stat().st_size for p in store.data_dir.rglob("*") if p.is_file() and "sqlite" not in p.name)
+    assert store.disk_bytes() == on_disk
+    with pytest.raises(ValueError, match="English"):
+        exports.subtitles("s:alice", take_id, samples, "Zorbulax", OutputOptions())
+    with pytest.raises(KeyError):
+        exports.subtitles("s:mallory", take_id, samples, "a tone", OutputOptions())

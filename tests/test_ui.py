@@ -8,6 +8,7 @@ multi-chunk take (a tiny model made to stop speaking) with one chunk regenerated
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -254,6 +255,39 @@ def test_chunk_replay_and_regenerate(ui: Playground) -> None:
     after = ui.audio()
     assert len(after) == HOP * frames  # the tiny model fills the same max length
     ui.shot("09-chunk-regenerated")
+    assert ui.errors == []
+
+
+@pytest.mark.slow
+def test_subtitles_of_a_take_parse_and_fit_its_length(ui: Playground) -> None:
+    """The take's SRT and WebVTT downloads: every word of the text in order, cues inside the take."""
+    text = "Subtitles for [whisper] this short take."
+    frames = take(ui, text, 2.0, seed=12)
+    ui.page.click("#s2-subtitles-panel button.label-wrap, #s2-subtitles-panel > button")
+    ui.page.click("#s2-subtitles-make")
+    files = {}
+    for ext in ("srt", "vtt"):
+        link = ui.page.locator(f"#s2-subtitles a[href*='.{ext}']").first
+        link.wait_for(timeout=60_000)
+        href = link.get_attribute("href")
+        assert href is not None
+        resp = httpx.get(href, timeout=30)
+        resp.raise_for_status()
+        files[ext] = resp.text
+    clock = re.compile(r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d) --> (\d\d):(\d\d):(\d\d)[,.](\d\d\d)")
+    blocks = [b.split("\n") for b in files["srt"].strip().split("\n\n")]
+    words, ends = [], []
+    for n, block in enumerate(blocks, start=1):
+        m = clock.fullmatch(block[1])
+        assert block[0] == str(n) and m is not None, block
+        h1, m1, s1, ms1, h2, m2, s2, ms2 = (int(g) for g in m.groups())
+        start, end = h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000
+        assert 0 <= start < end
+        ends.append(end)
+        words += " ".join(block[2:]).split()
+    assert words == ["Subtitles", "for", "this", "short", "take"]
+    assert ends == sorted(ends) and ends[-1] <= HOP * frames / SAMPLE_RATE + 0.011
+    assert files["vtt"].startswith("WEBVTT\n\n") and len(files["vtt"].strip().split("\n\n")) == len(blocks) + 1
     assert ui.errors == []
 
 

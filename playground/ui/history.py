@@ -34,6 +34,9 @@ class TakePanel:
     regenerate: gr.Button
     note: gr.HTML
     chunk_audio: gr.Audio
+    make_subtitles: gr.Button
+    subtitles: gr.File
+    subtitles_note: gr.HTML
 
 
 @dataclass
@@ -54,7 +57,12 @@ def build_take_panel() -> TakePanel:
         note = gr.HTML("", elem_id="s2-chunk-note")
         chunk_audio = gr.Audio(label="Chunk", type="filepath", interactive=False, elem_id="s2-chunk-audio",
                                autoplay=True, buttons=["download"])
-    return TakePanel(take_id, chunk, play, regenerate, note, chunk_audio)
+    with gr.Accordion("Subtitles of this take", open=False, elem_id="s2-subtitles-panel"):
+        make_subtitles = gr.Button("Make subtitles (SRT and WebVTT, word times aligned to the text)",
+                                   elem_id="s2-subtitles-make", size="sm")
+        subtitles = gr.File(label="Subtitles", file_count="multiple", interactive=False, elem_id="s2-subtitles")
+        subtitles_note = gr.HTML("", elem_id="s2-subtitles-note")
+    return TakePanel(take_id, chunk, play, regenerate, note, chunk_audio, make_subtitles, subtitles, subtitles_note)
 
 
 def build_history_panel() -> HistoryPanel:
@@ -120,6 +128,7 @@ class TakeHandlers:
         outs = [p.run.audio, p.settings.used_seed, t.take_id, t.chunk, t.chunk_audio, t.note, p.history.table]
         t.play.click(self.play, [t.take_id, t.chunk, *p.output.inputs], outs)
         t.regenerate.click(self.regenerate, [t.take_id, t.chunk, *p.output.inputs], outs, concurrency_limit=None)
+        t.make_subtitles.click(self.subtitles, [t.take_id, *p.output.inputs], [t.subtitles, t.subtitles_note])
         for control in p.output.inputs:
             control.change(self.rerender, [t.take_id, *p.output.inputs], p.run.audio, show_progress="hidden",
                            trigger_mode="always_last")
@@ -159,6 +168,16 @@ class TakeHandlers:
         note = _note("ok", f"Chunk {index + 1} regenerated with seed {seed} and spliced into the take.")
         return {**shown, **played, self.t.chunk: gr.update(choices=_chunk_choices(entry), value=index),
                 self.t.note: note, **table_update(self.ctx, owner)}
+
+    async def subtitles(self, request: gr.Request, take_id: str | None, *output_values) -> dict:
+        owner = self.ctx.owner(request)
+        try:
+            entry, opts = _entry(self.ctx, owner, take_id), OutputOptions(*output_values)
+            paths = await asyncio.to_thread(self.ctx.exports.subtitles, owner, entry.id, await self._raw(owner, entry),
+                                            entry.text, opts)
+        except (KeyError, ValueError) as exc:
+            return {self.t.subtitles: None, self.t.subtitles_note: _note("error", f"No subtitles: {_message(exc)}")}
+        return {self.t.subtitles: [str(p) for p in paths], self.t.subtitles_note: ""}
 
     async def rerender(self, request: gr.Request, take_id: str | None, *output_values) -> dict:
         audio, owner = self.ctx.page.run.audio, self.ctx.owner(request)

@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 import soundfile as sf
 
-from engine import SAMPLE_RATE, encode_audio, normalize_loudness, trim_silence
+from engine import SAMPLE_RATE, align_words, encode_audio, normalize_loudness, to_srt, to_vtt, trim_silence
 from playground.store import Store
 
 FORMATS = ("wav", "mp3", "flac", "opus")
@@ -100,6 +100,28 @@ class Exports:
             tmp.replace(path)
             self.store.track_exports(owner, take_id)
         return path
+
+
+    def subtitles(self, owner: str, take_id: str, samples: np.ndarray, text: str, opts: OutputOptions) -> list[Path]:
+        """SRT and WebVTT of the take's words (engine.align_words), timed for its download as `opts`
+        render it (a trimmed take starts later in its text). KeyError if the take is not this owner's;
+        ValueError if the text has no English word to align."""
+        rendered = opts.apply(samples)
+        key = hashlib.sha1(np.ascontiguousarray(rendered, np.float32).tobytes())
+        key.update(text.encode())
+        folder = self.store.exports_dir(owner, take_id) / f"subtitles-{key.hexdigest()[:16]}"
+        stem = folder / f"s2pro-{take_id.removeprefix('hist_')[:8]}"
+        paths = [stem.with_suffix(".srt"), stem.with_suffix(".vtt")]
+        if not all(p.is_file() for p in paths):
+            words = align_words(rendered, SAMPLE_RATE, text)
+            for old in folder.parent.glob("subtitles-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            for path, body in zip(paths, (to_srt(words), to_vtt(words))):
+                path.with_suffix(".part").write_text(body, encoding="utf-8")
+                path.with_suffix(".part").replace(path)
+            self.store.track_exports(owner, take_id)
+        return paths
 
 
 def warm_up() -> None:
