@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,6 +25,23 @@ FRAME_S = 0.01  # the aligner's frame
 _TAG = re.compile(r"\[[^\]]*\]|<\|[^|]*\|>")  # [whisper]-style tags and special tokens are not spoken
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
 _LOCK = threading.Lock()  # one decoder, one alignment at a time
+ALIGN_WAIT_SECONDS = 10.0  # an alignment waits this long for the aligner, then the caller hears "busy"
+
+
+class AlignerBusy(RuntimeError):
+    """The aligner stayed taken for ALIGN_WAIT_SECONDS: retry later (an HTTP API answers 503)."""
+
+
+@contextmanager
+def _aligner() -> Iterator[Any]:
+    """The one decoder, for at most ALIGN_WAIT_SECONDS of waiting: a burst of requests for timestamps
+    ties up a bounded time of the threads that wait, never the server."""
+    if not _LOCK.acquire(timeout=ALIGN_WAIT_SECONDS):
+        raise AlignerBusy("The server is busy aligning other takes; try again in a few seconds.")
+    try:
+        yield _decoder()
+    finally:
+        _LOCK.release()
 
 
 @dataclass(frozen=True)
@@ -49,8 +68,8 @@ def _decoder() -> Any:
 def alignable(text: str) -> bool:
     """Whether `text` has a word the aligner knows (else align_words raises)."""
     words = spoken_words(text)
-    with _LOCK:
-        return any(_decoder().lookup_word(w.lower()) is not None for w in words)
+    with _aligner() as decoder:
+        return any(decoder.lookup_word(w.lower()) is not None for w in words)
 
 
 def as_json(words: list[WordTime]) -> list[dict[str, float | str | bool]]:
@@ -60,7 +79,8 @@ def as_json(words: list[WordTime]) -> list[dict[str, float | str | bool]]:
 
 def align_words(samples: np.ndarray, sample_rate: int, text: str) -> list[WordTime]:
     """Start and end of every spoken word of `text` in mono `samples`. Empty when the text has no
-    words; ValueError when none of its words is in the English dictionary (nothing to align). When the
+    words; ValueError when none of its words is in the English dictionary (nothing to align); AlignerBusy
+    when other alignments kept the aligner for ALIGN_WAIT_SECONDS. When the
     audio cannot be aligned at all (too short for the words, or not their speech), every word is spread
     over it by length, marked not aligned."""
     words = spoken_words(text)
@@ -68,8 +88,7 @@ def align_words(samples: np.ndarray, sample_rate: int, text: str) -> list[WordTi
         return []
     audio = resample(np.asarray(samples, dtype=np.float32), sample_rate, ALIGN_RATE)
     pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
-    with _LOCK:
-        decoder = _decoder()
+    with _aligner() as decoder:
         known = [i for i, w in enumerate(words) if decoder.lookup_word(w.lower()) is not None]
         if not known:
             raise ValueError("word timestamps need English words: none of the text's words is in the dictionary")

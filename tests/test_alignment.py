@@ -97,3 +97,29 @@ def test_text_without_words_and_text_without_english() -> None:
     spread = align_words(np.zeros(1600, np.float32), 16000, "the quick brown fox")  # 0.1 s: no path fits
     assert [w.word for w in spread] == ["the", "quick", "brown", "fox"] and not any(w.aligned for w in spread)
     assert spread[0].start == 0.0 and abs(spread[-1].end - 0.1) < 1e-9
+
+
+def test_a_busy_aligner_says_so_after_its_wait(monkeypatch) -> None:
+    """While another alignment holds the aligner past ALIGN_WAIT_SECONDS the caller hears AlignerBusy
+    (an HTTP API answers 503), and the aligner works again once it is free."""
+    import threading
+
+    from engine import alignment
+    monkeypatch.setattr(alignment, "ALIGN_WAIT_SECONDS", 0.2)
+    taken = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with alignment._aligner():
+            taken.set()
+            release.wait(5)
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait(5)
+    try:
+        with pytest.raises(alignment.AlignerBusy, match="busy"):
+            align_words(np.zeros(16000, np.float32), 16000, "the quick brown fox")
+    finally:
+        release.set()
+        holder.join()
+    assert len(align_words(np.zeros(16000, np.float32), 16000, "the quick brown fox")) == 4

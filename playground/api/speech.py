@@ -27,8 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from engine import (
+    ALIGN_WAIT_SECONDS,
     CONTENT_TYPES,
     SAMPLE_RATE,
+    AlignerBusy,
     EngineUnhealthy,
     StreamEncoder,
     StreamPiece,
@@ -173,8 +175,12 @@ async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: fl
             if data:
                 yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
             if final is not None and kept is not None and timestamps_of is not None:
-                words = await word_times(np.concatenate([np.zeros(0, np.float32), *kept]), timestamps_of)
-                yield sse_event({"type": "speech.audio.timestamps", "words": words})
+                try:
+                    event = {"words": await word_times(np.concatenate([np.zeros(0, np.float32), *kept]),
+                                                       timestamps_of)}
+                except AlignerBusy as exc:  # the audio is out already: say why its words are missing
+                    event = {"words": [], "error": str(exc)}
+                yield sse_event({"type": "speech.audio.timestamps", **event})
             if final is not None:
                 frames = int(final.stats.get("frames") or 0)
                 usage = {"input_tokens": input_tokens, "output_tokens": frames,
@@ -187,10 +193,11 @@ async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: fl
 
 
 async def word_times(samples: np.ndarray, text: str) -> list[dict[str, Any]]:
-    """The words of `text` with their times in `samples` (engine.align_words, off the event loop)."""
+    """The words of `text` with their times in `samples` (engine.align_words, off the event loop).
+    AlignerBusy when the aligner stayed taken."""
     try:
         return as_json(await run_in_threadpool(align_words, samples, SAMPLE_RATE, text))
-    except ValueError as exc:
+    except ValueError as exc:  # checked before generating (alignable): only a changed dictionary gets here
         log.warning("word timestamps: %s", exc)
         return []
 
@@ -213,10 +220,15 @@ async def complete_file(request: Request, stream: EngineStream, body: SpeechBody
     data = await run_in_threadpool(encode_audio, samples, body.response_format)
     headers |= timing_headers(final.stats, final.reason)
     if body.timestamps == "word":
+        try:
+            words = await word_times(samples, body.input)
+        except AlignerBusy as exc:
+            raise APIError(503, str(exc), param="timestamps", code="server_busy",
+                           headers={"Retry-After": str(int(ALIGN_WAIT_SECONDS))}) from exc
         return JSONResponse({"audio": base64.b64encode(data).decode(),
                              "content_type": CONTENT_TYPES[body.response_format],
                              "duration": round(len(samples) / SAMPLE_RATE, 3),
-                             "words": await word_times(samples, body.input)}, headers=headers)
+                             "words": words}, headers=headers)
     return Response(data, media_type=CONTENT_TYPES[body.response_format], headers=headers)
 
 
@@ -247,7 +259,12 @@ def router(state: AppState) -> APIRouter:
                 raise APIError(400, 'timestamps "word" need stream_format "sse" (a speech.audio.timestamps event) '
                                "or a complete file (a JSON answer); a raw audio stream has no place for them",
                                param="timestamps")
-            if not await run_in_threadpool(alignable, body.input):
+            try:
+                known = await run_in_threadpool(alignable, body.input)
+            except AlignerBusy as exc:
+                raise APIError(503, str(exc), param="timestamps", code="server_busy",
+                               headers={"Retry-After": str(int(ALIGN_WAIT_SECONDS))}) from exc
+            if not known:
                 raise APIError(400, "word timestamps are aligned with an English dictionary, and none of the "
                                "input's words is in it", param="timestamps")
         req, seed = synthesis_request(body)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import gradio as gr
 import numpy as np
 
-from engine import SAMPLE_RATE, EngineBusy, EngineUnhealthy
+from engine import SAMPLE_RATE, AlignerBusy, EngineBusy, EngineUnhealthy
 from playground.store import HistoryEntry
 from playground.ui.figures import message_html, summary_html
 from playground.ui.output import OutputOptions, read_take
@@ -175,7 +175,7 @@ class TakeHandlers:
             entry, opts = _entry(self.ctx, owner, take_id), OutputOptions(*output_values)
             paths = await asyncio.to_thread(self.ctx.exports.subtitles, owner, entry.id, await self._raw(owner, entry),
                                             entry.text, opts)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, AlignerBusy) as exc:
             return {self.t.subtitles: None, self.t.subtitles_note: _note("error", f"No subtitles: {_message(exc)}")}
         return {self.t.subtitles: [str(p) for p in paths], self.t.subtitles_note: ""}
 
