@@ -8,6 +8,7 @@ sum over K, in registers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -82,28 +83,24 @@ def projection_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, (nn.Linear, Int8Linear))]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+def _replace_linears(model: M, make: Callable[[nn.Linear], Int8Linear]) -> M:
+    for name in projection_names(model):
+        linear = model.get_submodule(name)
+        if isinstance(linear, nn.Linear):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, make(linear))
+    return model
 
 
 def quantize_model(model: M) -> M:
     """Replace every projection by its Int8Linear (quantized on the device its weight lives on), in place."""
-    for name in projection_names(model):
-        linear = model.get_submodule(name)
-        if isinstance(linear, nn.Linear):
-            with torch.no_grad():
-                _set_module(model, name, Int8Linear.from_linear(linear))
-    return model
+    with torch.no_grad():
+        return _replace_linears(model, Int8Linear.from_linear)
 
 
 def int8_skeleton(model: M) -> M:
     """Replace every projection by an empty Int8Linear on the meta device (to load a saved int8 state)."""
-    for name in projection_names(model):
-        linear = model.get_submodule(name)
-        if isinstance(linear, nn.Linear):
-            _set_module(model, name, Int8Linear(linear.in_features, linear.out_features, device="meta"))
-    return model
+    return _replace_linears(model, lambda linear: Int8Linear(linear.in_features, linear.out_features, device="meta"))
 
 
 def projection_weight(module: nn.Module) -> Tensor | Int8Weight:
