@@ -174,9 +174,9 @@ async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: fl
         async for data, final in encoded_chunks(first, stream, fmt, speed, kept):
             if data:
                 yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
-            if final is not None and kept is not None and timestamps_of is not None:
+            if final is not None and timestamps_of is not None:
                 try:
-                    event = {"words": await word_times(np.concatenate([np.zeros(0, np.float32), *kept]),
+                    event = {"words": await word_times(np.concatenate([np.zeros(0, np.float32), *(kept or [])]),
                                                        timestamps_of)}
                 except AlignerBusy as exc:  # the audio is out already: say why its words are missing
                     event = {"words": [], "error": str(exc)}
@@ -190,6 +190,11 @@ async def sse_body(first: StreamPiece, stream: EngineStream, fmt: str, speed: fl
         log.error("speech stream failed: %s", exc)
         yield sse_event({"type": "error", "error": {"message": f"generation failed: {exc}",
                                                     "type": "server_error", "param": None, "code": None}})
+
+
+def aligner_busy(exc: AlignerBusy) -> APIError:
+    return APIError(503, str(exc), param="timestamps", code="server_busy",
+                    headers={"Retry-After": str(int(ALIGN_WAIT_SECONDS))})
 
 
 async def word_times(samples: np.ndarray, text: str) -> list[dict[str, Any]]:
@@ -223,8 +228,7 @@ async def complete_file(request: Request, stream: EngineStream, body: SpeechBody
         try:
             words = await word_times(samples, body.input)
         except AlignerBusy as exc:
-            raise APIError(503, str(exc), param="timestamps", code="server_busy",
-                           headers={"Retry-After": str(int(ALIGN_WAIT_SECONDS))}) from exc
+            raise aligner_busy(exc) from exc
         return JSONResponse({"audio": base64.b64encode(data).decode(),
                              "content_type": CONTENT_TYPES[body.response_format],
                              "duration": round(len(samples) / SAMPLE_RATE, 3),
@@ -262,8 +266,7 @@ def router(state: AppState) -> APIRouter:
             try:
                 known = await run_in_threadpool(alignable, body.input)
             except AlignerBusy as exc:
-                raise APIError(503, str(exc), param="timestamps", code="server_busy",
-                               headers={"Retry-After": str(int(ALIGN_WAIT_SECONDS))}) from exc
+                raise aligner_busy(exc) from exc
             if not known:
                 raise APIError(400, "word timestamps are aligned with an English dictionary, and none of the "
                                "input's words is in it", param="timestamps")
