@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.bench import random_init
 from engine.config import s2_pro_config, tiny_config
 from engine.loader import pick_device
 from engine.models.dual_ar import DualAR
@@ -75,10 +76,7 @@ def random_model(preset: str, device: torch.device) -> DualAR:
     torch.manual_seed(0)
     with torch.device(device):
         model = DualAR(cfg).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not name.endswith("norm.weight"):
-                p.normal_(0.0, 0.02)
+    random_init(model)
     model.init_rope()
     return model.eval()
 
