@@ -1,5 +1,5 @@
 """Where a frame's time and the device's memory go: the diagnostic modes of `python -m engine.bench`
-(--breakdown, --kernel-profile, --memory), on the engines and rounds engine/bench.py builds (CUDA)."""
+(--breakdown, --kernel-profile, --memory), on the workload of engine/bench_workload.py (CUDA)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from engine.bench import REFERENCE_FRAMES, TEXT_TOKENS, build, gpu_memory, make_prompt, run_round
+from engine.bench_workload import REFERENCE_FRAMES, TEXT_TOKENS, build, gpu_memory, make_prompt, run_round
 from engine.loader import pick_device
 from engine.params import SamplingParams
 from engine.serving.engine import Engine

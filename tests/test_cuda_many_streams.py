@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.bench import build, make_prompt
+from engine.bench_workload import build, make_prompt
 from engine.capacity import capacity_round
 from engine.loader import LoadedModel, load_model_dir
 from engine.params import SamplingParams

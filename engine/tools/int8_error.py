@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.bench import random_init
 from engine.config import s2_pro_config, tiny_config
 from engine.loader import pick_device
 from engine.models.dual_ar import DualAR
 from engine.models.int8 import quantize_model
 from engine.reference import DenseKVCache
+from engine.tools.tiny_checkpoint import random_init
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ from engine.models.dual_ar import DualAR
 from engine.tools.tiny_tokenizer import write_tiny_tokenizer
 
 
+def random_init(model: DualAR) -> None:
+    """The benchmarks' random weights (engine.bench, engine.tools.int8_error): N(0, 0.02) everywhere but
+    the norms (ones)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.normal_(0.0, 0.02)
+
+
 def write_dual_ar(out_dir: Path, cfg: ModelConfig, seed: int) -> None:
     from safetensors.torch import save_file
     torch.manual_seed(seed)
